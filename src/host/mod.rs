@@ -1,0 +1,247 @@
+//! The thin host layer: proxy-wasm contexts and hostcalls. Everything that decides
+//! lives in the pure core; this module only moves bytes between the proxy and it.
+
+mod abi;
+mod logger;
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+
+use crate::config;
+use crate::engine::{Engine, Event, Held, Host, HostError, SetOutcome, EVENTS};
+use crate::host_status::{self, CAS_MISMATCH, NOT_FOUND, OK};
+use crate::slots::{Seed, SEED_KEY};
+
+proxy_wasm::main! {{
+    logger::install();
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+/// Metric ids per layer, indexed by `Event::index`. `None` where the host refused to
+/// define the metric (APISIX ships stubs): counting is then skipped, never fatal.
+type MetricIds = Vec<[Option<u32>; EVENTS.len()]>;
+
+struct Compiled {
+    engine: Engine,
+    metrics: MetricIds,
+}
+
+#[derive(Default)]
+struct Root {
+    compiled: Option<Rc<Compiled>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        log::info!("rampart {} starting", crate::VERSION);
+        true
+    }
+
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match abi::plugin_configuration(size) {
+            Ok(Some(b)) => b,
+            Ok(None) => Vec::new(),
+            Err(s) => {
+                log::error!("rampart: cannot read the plugin configuration: {}", host_status::describe(s));
+                return false;
+            }
+        };
+        let policy = match config::compile(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("rampart: configuration refused: {e}");
+                return false;
+            }
+        };
+        let seed = match shared_seed() {
+            Ok(s) => s,
+            Err(why) => {
+                log::error!("rampart: {why}");
+                return false;
+            }
+        };
+        let engine = Engine::new(policy, seed);
+        if let Err(why) = create_slots(&engine) {
+            log::error!("rampart: {why}");
+            return false;
+        }
+        let metrics = define_metrics(&engine);
+        log::info!("rampart: configured {} layer(s)", engine.policy.layers.len());
+        self.compiled = Some(Rc::new(Compiled { engine, metrics }));
+        true
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        // Without a configuration there is nothing to enforce; the host already refused
+        // the plugin when `on_configure` returned false.
+        let compiled = self.compiled.clone()?;
+        Some(Box::new(Stream { compiled, response_headers: Vec::new(), held: Vec::new() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// The proxy-wide hash seed. The first VM to configure draws it and stores it in shared
+/// data; every worker then reads the same one, so a key maps to the same slot on all.
+fn shared_seed() -> Result<Seed, String> {
+    let read = || -> Result<Option<Seed>, String> {
+        match abi::shared_get(SEED_KEY) {
+            Ok((v, _)) => Ok(v.as_deref().and_then(Seed::from_bytes)),
+            Err(s) => Err(format!(
+                "shared data is unavailable on this host ({}); local layers need it",
+                host_status::describe(s)
+            )),
+        }
+    };
+    if let Some(seed) = read()? {
+        return Ok(seed);
+    }
+    let mut fresh = [0u8; crate::slots::SEED_LEN];
+    getrandom::getrandom(&mut fresh).map_err(|e| format!("no randomness for the hash seed: {e}"))?;
+    let status = abi::shared_set(SEED_KEY, &fresh, 0);
+    if status != OK {
+        return Err(format!("cannot store the hash seed: {}", host_status::describe(status)));
+    }
+    // Read back rather than trust our draw: if another VM stored its seed at the same
+    // moment, everyone adopts whichever value is there now.
+    read()?.ok_or_else(|| "the hash seed vanished from shared data".to_string())
+}
+
+/// Creates every slot of every table up front. Memory is then fixed before the first
+/// request, and no request ever writes an absent key (which Envoy stores
+/// unconditionally, so two workers creating one key at once could lose a hit).
+fn create_slots(engine: &Engine) -> Result<(), String> {
+    for key in engine.all_slot_keys() {
+        match abi::shared_get(&key) {
+            Ok((Some(_), _)) => {}
+            Ok((None, cas)) if cas != 0 => {}
+            Ok((None, _)) => {
+                let status = abi::shared_set(&key, &[], 0);
+                if status != OK && status != CAS_MISMATCH {
+                    return Err(format!("cannot create counter {key}: {}", host_status::describe(status)));
+                }
+            }
+            Err(s) => return Err(format!("cannot read counter {key}: {}", host_status::describe(s))),
+        }
+    }
+    Ok(())
+}
+
+fn define_metrics(engine: &Engine) -> MetricIds {
+    engine
+        .policy
+        .layers
+        .iter()
+        .map(|layer| {
+            let mut ids = [None; EVENTS.len()];
+            for e in EVENTS {
+                let name = format!("rampart_{}_{}", layer.name.replace('-', "_"), e.name());
+                ids[e.index()] = abi::define_counter(&name).ok();
+            }
+            ids
+        })
+        .collect()
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `engine::Host` over hostcalls, for one stream.
+struct Hostcalls<'a> {
+    metrics: &'a MetricIds,
+}
+
+impl Host for Hostcalls<'_> {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        abi::header(abi::MAP_REQUEST_HEADERS, name).ok().flatten()
+    }
+
+    fn peer_address(&mut self) -> Option<Vec<u8>> {
+        abi::property(&["source", "address"]).ok().flatten()
+    }
+
+    fn shared_get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+        abi::shared_get(key).map_err(HostError)
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, HostError> {
+        match abi::shared_set(key, value, cas) {
+            OK => Ok(SetOutcome::Stored),
+            CAS_MISMATCH => Ok(SetOutcome::CasMismatch),
+            NOT_FOUND => Ok(SetOutcome::CasMismatch),
+            other => Err(HostError(other)),
+        }
+    }
+
+    fn count(&mut self, layer: usize, event: Event) {
+        if let Some(Some(id)) = self.metrics.get(layer).map(|ids| ids[event.index()]) {
+            let _ = abi::increment(id, 1);
+        }
+    }
+}
+
+struct Stream {
+    compiled: Rc<Compiled>,
+    response_headers: Vec<(&'static str, String)>,
+    held: Vec<Held>,
+}
+
+impl Stream {
+    fn release(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut host = Hostcalls { metrics: &self.compiled.metrics };
+        self.compiled.engine.release(&mut host, &mut self.held);
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let compiled = Rc::clone(&self.compiled);
+        let mut host = Hostcalls { metrics: &compiled.metrics };
+        let verdict = compiled.engine.check(&mut host, now_ns());
+        self.held = verdict.held;
+        let Some(rejection) = verdict.rejection else {
+            self.response_headers = verdict.response_headers;
+            return Action::Continue;
+        };
+        let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let status = abi::send_local_response(rejection.status, "rampart_rate_limited", rejection.body.as_bytes(), &headers);
+        if status != OK {
+            // The host could not answer for us; letting the request through is the only
+            // way that does not hang the client.
+            log::warn!("rampart: local response failed ({}); request admitted", host_status::describe(status));
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        for (name, value) in &self.response_headers {
+            let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, name, value);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.release();
+    }
+}
+
+impl Drop for Stream {
+    /// A stream that ends without `on_log` (hosts differ) still gives its slots back.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
