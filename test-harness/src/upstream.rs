@@ -1,0 +1,117 @@
+//! The upstream service behind Envoy: answers 200 "ok" on every path, and holds a
+//! request open for `?hold_ms=N` (bounded) so concurrency limits can be observed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest hold a test may ask for.
+const MAX_HOLD_MS: u64 = 30_000;
+
+pub struct Upstream {
+    pub port: u16,
+    pub served: Arc<AtomicU64>,
+    /// Requests received and not yet answered.
+    pub in_flight: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("upstream bind: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("upstream addr: {e}"));
+        let served = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, f, st) = (Arc::clone(&served), Arc::clone(&in_flight), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, f) = (Arc::clone(&s), Arc::clone(&f));
+                std::thread::spawn(move || serve(conn, &s, &f));
+            }
+        });
+        Upstream { port, served, in_flight, stop }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so the thread sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads one line as bytes (header values may be any bytes); `None` at EOF or error.
+fn read_line(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Option<()> {
+    line.clear();
+    match r.read_until(b'\n', line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(()),
+    }
+}
+
+fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64) {
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    let mut line = Vec::new();
+    loop {
+        if read_line(&mut r, &mut line).is_none() {
+            return;
+        }
+        let request_line = String::from_utf8_lossy(&line).into_owned();
+        let hold_ms = request_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.split_once("hold_ms="))
+            .and_then(|(_, v)| v.split('&').next()?.parse::<u64>().ok())
+            .map_or(0, |ms| ms.min(MAX_HOLD_MS));
+        let mut content_length = 0usize;
+        loop {
+            if read_line(&mut r, &mut line).is_none() {
+                return;
+            }
+            let l = String::from_utf8_lossy(&line);
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = l.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        if content_length > 0 {
+            let mut sink = vec![0u8; content_length.min(1 << 20)];
+            if std::io::Read::read_exact(&mut r, &mut sink).is_err() {
+                return;
+            }
+        }
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        if hold_ms > 0 {
+            std::thread::sleep(Duration::from_millis(hold_ms));
+        }
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        served.fetch_add(1, Ordering::SeqCst);
+        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n").is_err() {
+            return;
+        }
+    }
+}
