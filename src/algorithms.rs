@@ -69,19 +69,41 @@ fn encode(alg: &Algorithm, f: [u64; 3]) -> State {
 
 /// Charges one request against `raw` state. Returns the decision and, when the state
 /// changed, the new state to store.
-pub fn admit(alg: &Algorithm, limit: u64, burst: u64, raw: Option<&[u8]>, now: u64) -> (Decision, Option<State>) {
+pub fn admit(
+    alg: &Algorithm,
+    limit: u64,
+    burst: u64,
+    raw: Option<&[u8]>,
+    now: u64,
+) -> (Decision, Option<State>) {
     let f = decode(alg, raw);
     match *alg {
         Algorithm::FixedWindow { window_ms } => fixed(alg, window_ms * NS_PER_MS, limit, f, now),
-        Algorithm::SlidingWindow { window_ms } => sliding(alg, window_ms * NS_PER_MS, limit, f, now),
-        Algorithm::TokenBucket { window_ms, .. } => gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now),
+        Algorithm::SlidingWindow { window_ms } => {
+            sliding(alg, window_ms * NS_PER_MS, limit, f, now)
+        }
+        Algorithm::TokenBucket { window_ms, .. } => {
+            gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now)
+        }
         Algorithm::Concurrency => {
             let in_flight = f[0];
             if in_flight < limit {
-                let d = Decision { allowed: true, limit, remaining: limit - in_flight - 1, reset_ns: 0, retry_after_ns: 0 };
+                let d = Decision {
+                    allowed: true,
+                    limit,
+                    remaining: limit - in_flight - 1,
+                    reset_ns: 0,
+                    retry_after_ns: 0,
+                };
                 (d, Some(encode(alg, [in_flight + 1, 0, 0])))
             } else {
-                let d = Decision { allowed: false, limit, remaining: 0, reset_ns: 0, retry_after_ns: CONCURRENCY_RETRY_NS };
+                let d = Decision {
+                    allowed: false,
+                    limit,
+                    remaining: 0,
+                    reset_ns: 0,
+                    retry_after_ns: CONCURRENCY_RETRY_NS,
+                };
                 (d, None)
             }
         }
@@ -103,10 +125,22 @@ fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decisio
     let count = if f[0] == win { f[1] } else { 0 };
     let reset_ns = (win + 1) * w - now;
     if count < limit {
-        let d = Decision { allowed: true, limit, remaining: limit - count - 1, reset_ns, retry_after_ns: 0 };
+        let d = Decision {
+            allowed: true,
+            limit,
+            remaining: limit - count - 1,
+            reset_ns,
+            retry_after_ns: 0,
+        };
         (d, Some(encode(alg, [win, count + 1, 0])))
     } else {
-        let d = Decision { allowed: false, limit, remaining: 0, reset_ns, retry_after_ns: reset_ns };
+        let d = Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_ns,
+            retry_after_ns: reset_ns,
+        };
         (d, None)
     }
 }
@@ -114,7 +148,13 @@ fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decisio
 /// Two-counter sliding window: the previous window's count weighted by how much of it
 /// still overlaps the sliding window, plus the current count. Assumes requests were
 /// spread evenly over the previous window; the error is bounded by that window's count.
-fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decision, Option<State>) {
+fn sliding(
+    alg: &Algorithm,
+    w: u64,
+    limit: u64,
+    f: [u64; 3],
+    now: u64,
+) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
     let (cur, prev) = if f[0] == win {
@@ -132,7 +172,13 @@ fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decis
     if est + w128 <= limit128 * w128 {
         let after = est + w128;
         let remaining = ((limit128 * w128 - after) / w128) as u64;
-        let d = Decision { allowed: true, limit, remaining, reset_ns, retry_after_ns: 0 };
+        let d = Decision {
+            allowed: true,
+            limit,
+            remaining,
+            reset_ns,
+            retry_after_ns: 0,
+        };
         (d, Some(encode(alg, [win, cur + 1, prev])))
     } else {
         let retry_after_ns = if cur >= limit {
@@ -145,7 +191,13 @@ fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decis
             let need = w128 - room / (prev.max(1) as u128);
             (need as u64).saturating_sub(elapsed).max(1)
         };
-        let d = Decision { allowed: false, limit, remaining: 0, reset_ns, retry_after_ns };
+        let d = Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_ns,
+            retry_after_ns,
+        };
         (d, None)
     }
 }
@@ -153,18 +205,37 @@ fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decis
 /// GCRA: the state is the theoretical arrival time (TAT) of the next request. Each
 /// request advances it by the emission interval `t = window / limit`; a request is
 /// admitted while the TAT stays within `burst * t` of now.
-fn gcra(alg: &Algorithm, w: u64, limit: u64, burst: u64, f: [u64; 3], now: u64) -> (Decision, Option<State>) {
+fn gcra(
+    alg: &Algorithm,
+    w: u64,
+    limit: u64,
+    burst: u64,
+    f: [u64; 3],
+    now: u64,
+) -> (Decision, Option<State>) {
     let t = (w / limit.max(1)).max(1);
     let tolerance = t.saturating_mul(burst);
     let tat = f[0].max(now);
     let new_tat = tat.saturating_add(t);
     if new_tat - now <= tolerance {
         let remaining = (tolerance - (new_tat - now)) / t;
-        let d = Decision { allowed: true, limit: burst, remaining, reset_ns: new_tat - now, retry_after_ns: 0 };
+        let d = Decision {
+            allowed: true,
+            limit: burst,
+            remaining,
+            reset_ns: new_tat - now,
+            retry_after_ns: 0,
+        };
         (d, Some(encode(alg, [new_tat, 0, 0])))
     } else {
         let retry_after_ns = (new_tat - tolerance).saturating_sub(now);
-        let d = Decision { allowed: false, limit: burst, remaining: 0, reset_ns: tat - now, retry_after_ns };
+        let d = Decision {
+            allowed: false,
+            limit: burst,
+            remaining: 0,
+            reset_ns: tat - now,
+            retry_after_ns,
+        };
         (d, None)
     }
 }
@@ -181,7 +252,14 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     /// Runs `n` requests at `now` through `alg`, threading state; returns how many passed.
-    fn run(alg: &Algorithm, limit: u64, burst: u64, state: &mut Option<State>, now: u64, n: u64) -> u64 {
+    fn run(
+        alg: &Algorithm,
+        limit: u64,
+        burst: u64,
+        state: &mut Option<State>,
+        now: u64,
+        n: u64,
+    ) -> u64 {
         let mut ok = 0;
         for _ in 0..n {
             let (d, next) = admit(alg, limit, burst, state.as_ref().map(|s| &s[..]), now);
@@ -204,7 +282,11 @@ mod tests {
         let (d, _) = admit(&alg, 5, 5, st.as_ref().map(|s| &s[..]), t0);
         assert!(!d.allowed);
         assert_eq!(ceil_secs(d.retry_after_ns), 50);
-        assert_eq!(run(&alg, 5, 5, &mut st, t0 + 50 * S, 8), 5, "new window starts fresh");
+        assert_eq!(
+            run(&alg, 5, 5, &mut st, t0 + 50 * S, 8),
+            5,
+            "new window starts fresh"
+        );
     }
 
     #[test]
@@ -247,10 +329,17 @@ mod tests {
 
     #[test]
     fn token_bucket_burst_then_rate() {
-        let alg = Algorithm::TokenBucket { window_ms: 1_000, burst: 5 };
+        let alg = Algorithm::TokenBucket {
+            window_ms: 1_000,
+            burst: 5,
+        };
         let mut st = None;
         let t0 = 50 * S;
-        assert_eq!(run(&alg, 10, 5, &mut st, t0, 20), 5, "burst admits 5 at once");
+        assert_eq!(
+            run(&alg, 10, 5, &mut st, t0, 20),
+            5,
+            "burst admits 5 at once"
+        );
         // Rate 10/s: 100 ms buys exactly one more.
         assert_eq!(run(&alg, 10, 5, &mut st, t0 + S / 10, 3), 1);
         let (d, _) = admit(&alg, 10, 5, st.as_ref().map(|s| &s[..]), t0 + S / 10);
@@ -280,7 +369,13 @@ mod tests {
     #[test]
     fn foreign_or_garbage_state_reads_as_empty() {
         let fixed = Algorithm::FixedWindow { window_ms: 1_000 };
-        let gcra_state = encode(&Algorithm::TokenBucket { window_ms: 1_000, burst: 1 }, [u64::MAX, 0, 0]);
+        let gcra_state = encode(
+            &Algorithm::TokenBucket {
+                window_ms: 1_000,
+                burst: 1,
+            },
+            [u64::MAX, 0, 0],
+        );
         let (d, _) = admit(&fixed, 1, 1, Some(&gcra_state), S);
         assert!(d.allowed);
         let (d, _) = admit(&fixed, 1, 1, Some(b"garbage"), S);
@@ -294,7 +389,10 @@ mod tests {
         for alg in [
             Algorithm::FixedWindow { window_ms: 1_000 },
             Algorithm::SlidingWindow { window_ms: 1_000 },
-            Algorithm::TokenBucket { window_ms: 1_000, burst: 3 },
+            Algorithm::TokenBucket {
+                window_ms: 1_000,
+                burst: 3,
+            },
         ] {
             let mut st = None;
             run(&alg, 3, 3, &mut st, 100 * S, 5);

@@ -33,7 +33,10 @@ impl ClientIp {
                 bytes[..4].copy_from_slice(&v4.octets());
                 ClientIp { bytes, len: 4 }
             }
-            IpAddr::V6(v6) => ClientIp { bytes: mask_v6(v6, ipv6_prefix), len: 16 },
+            IpAddr::V6(v6) => ClientIp {
+                bytes: mask_v6(v6, ipv6_prefix),
+                len: 16,
+            },
         }
     }
 }
@@ -42,7 +45,13 @@ impl ClientIp {
 /// counting of IPv6 would hand each host 2^64 fresh counters.
 fn mask_v6(v6: Ipv6Addr, prefix: u8) -> [u8; 16] {
     let bits = u128::from_be_bytes(v6.octets());
-    let mask = if prefix >= 128 { u128::MAX } else if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+    let mask = if prefix >= 128 {
+        u128::MAX
+    } else if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    };
     (bits & mask).to_be_bytes()
 }
 
@@ -55,7 +64,10 @@ pub fn parse_addr(raw: &[u8]) -> Option<IpAddr> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
         return Some(sa.ip());
     }
-    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
     bare.parse::<IpAddr>().ok()
 }
 
@@ -85,16 +97,21 @@ mod tests {
     use super::*;
 
     fn ip(s: &str) -> Vec<u8> {
-        ClientIp::from_ip(s.parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into())), 128).as_bytes().to_vec()
+        ClientIp::from_ip(s.parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into())), 128)
+            .as_bytes()
+            .to_vec()
     }
 
     #[test]
     fn peer_strips_port() {
-        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3:55012"), None).map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3:55012"), None)
+            .map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("10.1.2.3")));
-        let got = resolve(IpSource::Peer, 128, Some(b"[2001:db8::7]:443"), None).map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 128, Some(b"[2001:db8::7]:443"), None)
+            .map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("2001:db8::7")));
-        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3"), None).map(|c| c.as_bytes().to_vec());
+        let got =
+            resolve(IpSource::Peer, 64, Some(b"10.1.2.3"), None).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("10.1.2.3")));
     }
 
@@ -112,11 +129,19 @@ mod tests {
     #[test]
     fn short_or_garbage_xff_falls_back_to_peer() {
         let src = IpSource::Xff { trusted_hops: 2 };
-        let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(b"1.1.1.1")).map(|c| c.as_bytes().to_vec());
+        let got =
+            resolve(src, 64, Some(b"192.0.2.1:9"), Some(b"1.1.1.1")).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("192.0.2.1")));
         let src = IpSource::Xff { trusted_hops: 0 };
-        for junk in [&b"not-an-ip"[..], b"", b",,,", b"\xff\xfe", b"1.2.3.4\r\nx: y"] {
-            let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(junk)).map(|c| c.as_bytes().to_vec());
+        for junk in [
+            &b"not-an-ip"[..],
+            b"",
+            b",,,",
+            b"\xff\xfe",
+            b"1.2.3.4\r\nx: y",
+        ] {
+            let got =
+                resolve(src, 64, Some(b"192.0.2.1:9"), Some(junk)).map(|c| c.as_bytes().to_vec());
             assert_eq!(got, Some(ip("192.0.2.1")), "{junk:?}");
         }
     }

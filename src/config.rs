@@ -49,7 +49,10 @@ impl std::error::Error for ConfigError {}
 type Result<T> = std::result::Result<T, ConfigError>;
 
 fn err<T>(path: impl Into<String>, reason: impl Into<String>) -> Result<T> {
-    Err(ConfigError { path: path.into(), reason: reason.into() })
+    Err(ConfigError {
+        path: path.into(),
+        reason: reason.into(),
+    })
 }
 
 /// A JSON value shown in an error message, shortened so hostile input cannot
@@ -86,13 +89,19 @@ impl<'a> Obj<'a> {
         let Value::Object(map) = v else {
             return err(path, format!("expected an object, got {}", kind(v)));
         };
-        let obj = Obj { path: path.to_string(), map };
+        let obj = Obj {
+            path: path.to_string(),
+            map,
+        };
         for k in map.keys() {
             if !allowed.contains(&k.as_str()) {
                 let shown = show(&Value::String(k.clone()));
                 return err(
                     obj.at(k),
-                    format!("unknown field {shown}; expected one of: {}", allowed.join(", ")),
+                    format!(
+                        "unknown field {shown}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -125,16 +134,23 @@ impl<'a> Obj<'a> {
     }
 
     fn required_str(&self, k: &str) -> Result<&'a str> {
-        self.str(k)?.map_or_else(|| err(self.at(k), "is required"), Ok)
+        self.str(k)?
+            .map_or_else(|| err(self.at(k), "is required"), Ok)
     }
 
     fn choice(&self, k: &str, options: &[&'static str]) -> Result<Option<&'static str>> {
-        let Some(s) = self.str(k)? else { return Ok(None) };
+        let Some(s) = self.str(k)? else {
+            return Ok(None);
+        };
         match options.iter().find(|o| **o == s) {
             Some(o) => Ok(Some(o)),
             None => err(
                 self.at(k),
-                format!("{} is not one of: {}", show(&Value::String(s.into())), options.join(", ")),
+                format!(
+                    "{} is not one of: {}",
+                    show(&Value::String(s.into())),
+                    options.join(", ")
+                ),
             ),
         }
     }
@@ -143,38 +159,58 @@ impl<'a> Obj<'a> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => err(self.at(k), format!("expected true or false, got {}", show(v))),
+            Some(v) => err(
+                self.at(k),
+                format!("expected true or false, got {}", show(v)),
+            ),
         }
     }
 
     /// An integer in `min..=max`.
     fn int(&self, k: &str, min: u64, max: u64) -> Result<Option<u64>> {
-        let Some(v) = self.get(k) else { return Ok(None) };
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
         match (v.as_u64(), v.as_i64()) {
             (Some(n), _) if (min..=max).contains(&n) => Ok(Some(n)),
-            (Some(_), _) | (None, Some(_)) => {
-                err(self.at(k), format!("{} is out of range {min}..={max}", show(v)))
-            }
-            _ => err(self.at(k), format!("expected a whole number in {min}..={max}, got {}", show(v))),
+            (Some(_), _) | (None, Some(_)) => err(
+                self.at(k),
+                format!("{} is out of range {min}..={max}", show(v)),
+            ),
+            _ => err(
+                self.at(k),
+                format!("expected a whole number in {min}..={max}, got {}", show(v)),
+            ),
         }
     }
 
     fn duration(&self, k: &str, min_ms: u64, max_ms: u64) -> Result<Option<u64>> {
-        let Some(v) = self.get(k) else { return Ok(None) };
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
         let Value::String(s) = v else {
             return err(
                 self.at(k),
-                format!("expected a duration string such as \"1s\" or \"250ms\", got {}", show(v)),
+                format!(
+                    "expected a duration string such as \"1s\" or \"250ms\", got {}",
+                    show(v)
+                ),
             );
         };
         let Some(ms) = parse_millis(s) else {
             return err(
                 self.at(k),
-                format!("{} is not a duration (use a whole number with ms, s, m, h or d)", show(v)),
+                format!(
+                    "{} is not a duration (use a whole number with ms, s, m, h or d)",
+                    show(v)
+                ),
             );
         };
         if !(min_ms..=max_ms).contains(&ms) {
-            return err(self.at(k), format!("{} is out of range {min_ms}ms..={max_ms}ms", show(v)));
+            return err(
+                self.at(k),
+                format!("{} is out of range {min_ms}ms..={max_ms}ms", show(v)),
+            );
         }
         Ok(Some(ms))
     }
@@ -183,10 +219,12 @@ impl<'a> Obj<'a> {
 /// Parses and compiles the plugin configuration.
 pub fn compile(bytes: &[u8]) -> Result<Policy> {
     if bytes.len() > MAX_CONFIG_BYTES {
-        return err("", format!("is {} bytes; the limit is {MAX_CONFIG_BYTES}", bytes.len()));
+        return err(
+            "",
+            format!("is {} bytes; the limit is {MAX_CONFIG_BYTES}", bytes.len()),
+        );
     }
-    let text = std::str::from_utf8(bytes)
-        .or_else(|e| err("", format!("is not UTF-8 ({e})")))?;
+    let text = std::str::from_utf8(bytes).or_else(|e| err("", format!("is not UTF-8 ({e})")))?;
     if text.trim().is_empty() {
         return err("", "is empty; give at least {\"layers\": [...]}");
     }
@@ -216,15 +254,23 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         Some("none") => HeaderMode::None,
         _ => HeaderMode::Draft,
     };
-    let layers_value = top.get("layers").map_or_else(|| err("layers", "is required"), Ok)?;
+    let layers_value = top
+        .get("layers")
+        .map_or_else(|| err("layers", "is required"), Ok)?;
     let Value::Array(items) = layers_value else {
-        return err("layers", format!("expected a list of layers, got {}", kind(layers_value)));
+        return err(
+            "layers",
+            format!("expected a list of layers, got {}", kind(layers_value)),
+        );
     };
     if items.is_empty() {
         return err("layers", "is empty; give at least one layer");
     }
     if items.len() > MAX_LAYERS {
-        return err("layers", format!("has {} layers; the limit is {MAX_LAYERS}", items.len()));
+        return err(
+            "layers",
+            format!("has {} layers; the limit is {MAX_LAYERS}", items.len()),
+        );
     }
     let mut layers = Vec::with_capacity(items.len());
     let mut names = HashSet::new();
@@ -232,10 +278,16 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         let path = format!("layers[{i}]");
         let l = layer(&path, item)?;
         if !names.insert(l.name.clone()) {
-            return err(format!("{path}.name"), format!("{:?} is used by an earlier layer", l.name));
+            return err(
+                format!("{path}.name"),
+                format!("{:?} is used by an earlier layer", l.name),
+            );
         }
         if l.scope == Scope::Cluster && sidecar.is_none() {
-            return err(format!("{path}.scope"), "\"cluster\" needs a top-level \"sidecar\" block");
+            return err(
+                format!("{path}.scope"),
+                "\"cluster\" needs a top-level \"sidecar\" block",
+            );
         }
         layers.push(l);
     }
@@ -247,16 +299,30 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         );
     }
     let needs = needs(&layers);
-    Ok(Policy { ip_source, ipv6_prefix, sidecar, failure_mode, headers, layers, needs })
+    Ok(Policy {
+        ip_source,
+        ipv6_prefix,
+        sidecar,
+        failure_mode,
+        headers,
+        layers,
+        needs,
+    })
 }
 
 fn client_ip(top: &Obj) -> Result<(IpSource, u8)> {
-    let Some(v) = top.get("client_ip") else { return Ok((IpSource::Peer, DEFAULT_IPV6_PREFIX)) };
+    let Some(v) = top.get("client_ip") else {
+        return Ok((IpSource::Peer, DEFAULT_IPV6_PREFIX));
+    };
     let o = Obj::new("client_ip", v, &["from", "trusted_hops", "ipv6_prefix"])?;
     let hops = o.int("trusted_hops", 0, MAX_TRUSTED_HOPS)?;
-    let prefix = o.int("ipv6_prefix", 1, 128)?.map_or(DEFAULT_IPV6_PREFIX, |p| p as u8);
+    let prefix = o
+        .int("ipv6_prefix", 1, 128)?
+        .map_or(DEFAULT_IPV6_PREFIX, |p| p as u8);
     let source = match o.choice("from", &["peer", "xff"])? {
-        Some("xff") => IpSource::Xff { trusted_hops: hops.unwrap_or(0) as u32 },
+        Some("xff") => IpSource::Xff {
+            trusted_hops: hops.unwrap_or(0) as u32,
+        },
         _ if hops.unwrap_or(0) != 0 => {
             return err(
                 "client_ip.trusted_hops",
@@ -272,17 +338,28 @@ fn sidecar(v: &Value) -> Result<Sidecar> {
     let o = Obj::new("sidecar", v, &["upstream", "authority", "timeout", "token"])?;
     let upstream = o.required_str("upstream")?;
     if upstream.is_empty() {
-        return err("sidecar.upstream", "is empty; name the Envoy cluster (or host:port) of rampart-sidecar");
+        return err(
+            "sidecar.upstream",
+            "is empty; name the Envoy cluster (or host:port) of rampart-sidecar",
+        );
     }
     let authority = o.str("authority")?.unwrap_or("rampart-sidecar");
     if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return err("sidecar.authority", "must be a non-empty host name without spaces or control characters");
+        return err(
+            "sidecar.authority",
+            "must be a non-empty host name without spaces or control characters",
+        );
     }
-    let timeout_ms = o.duration("timeout", 1, 10_000)?.unwrap_or(DEFAULT_SIDECAR_TIMEOUT_MS);
+    let timeout_ms = o
+        .duration("timeout", 1, 10_000)?
+        .unwrap_or(DEFAULT_SIDECAR_TIMEOUT_MS);
     let token = o.str("token")?;
     if let Some(t) = token {
         if t.is_empty() || t.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-            return err("sidecar.token", "must be non-empty visible ASCII (it travels in a header)");
+            return err(
+                "sidecar.token",
+                "must be non-empty visible ASCII (it travels in a header)",
+            );
         }
     }
     Ok(Sidecar {
@@ -294,8 +371,22 @@ fn sidecar(v: &Value) -> Result<Sidecar> {
 }
 
 const LAYER_FIELDS: &[&str] = &[
-    "name", "match", "key", "missing", "algorithm", "limit", "window", "burst", "scope", "sync",
-    "sync_interval", "fallback", "tiers", "status", "shadow", "slots",
+    "name",
+    "match",
+    "key",
+    "missing",
+    "algorithm",
+    "limit",
+    "window",
+    "burst",
+    "scope",
+    "sync",
+    "sync_interval",
+    "fallback",
+    "tiers",
+    "status",
+    "shadow",
+    "slots",
 ];
 
 fn layer(path: &str, v: &Value) -> Result<Layer> {
@@ -303,11 +394,16 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
     let name = o.required_str("name")?;
     if name.is_empty()
         || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         return err(
             o.at("name"),
-            format!("{} must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -", show(&Value::String(name.into()))),
+            format!(
+                "{} must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -",
+                show(&Value::String(name.into()))
+            ),
         );
     }
     let matcher = match o.get("match") {
@@ -317,7 +413,15 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
     let key = key_spec(&o.at("key"), o.get("key"))?;
     let deny_missing = o.choice("missing", &["skip", "deny"])? == Some("deny");
     let algorithm_name = o
-        .choice("algorithm", &["fixed_window", "sliding_window", "token_bucket", "concurrency"])?
+        .choice(
+            "algorithm",
+            &[
+                "fixed_window",
+                "sliding_window",
+                "token_bucket",
+                "concurrency",
+            ],
+        )?
         .map_or_else(|| err(o.at("algorithm"), "is required"), Ok)?;
     let limit = o
         .int("limit", 1, MAX_LIMIT)?
@@ -327,17 +431,25 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
     let algorithm = match algorithm_name {
         "concurrency" => {
             if window.is_some() {
-                return err(o.at("window"), "does not apply to \"concurrency\", which counts requests in flight");
+                return err(
+                    o.at("window"),
+                    "does not apply to \"concurrency\", which counts requests in flight",
+                );
             }
             Algorithm::Concurrency
         }
         other => {
-            let window_ms =
-                window.map_or_else(|| err(o.at("window"), format!("is required for {other:?}")), Ok)?;
+            let window_ms = window.map_or_else(
+                || err(o.at("window"), format!("is required for {other:?}")),
+                Ok,
+            )?;
             match other {
                 "fixed_window" => Algorithm::FixedWindow { window_ms },
                 "sliding_window" => Algorithm::SlidingWindow { window_ms },
-                _ => Algorithm::TokenBucket { window_ms, burst: burst.unwrap_or(limit) },
+                _ => Algorithm::TokenBucket {
+                    window_ms,
+                    burst: burst.unwrap_or(limit),
+                },
             }
         }
     };
@@ -353,12 +465,19 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
         _ => Scope::Local,
     };
     let cluster = cluster_fields(&o, scope)?;
-    let status = o.int("status", 400, 599)?.map_or(DEFAULT_STATUS, |s| s as u16);
+    let status = o
+        .int("status", 400, 599)?
+        .map_or(DEFAULT_STATUS, |s| s as u16);
     let shadow = o.bool("shadow")?.unwrap_or(false);
-    let per_client = key.iter().any(|k| !matches!(k, KeyPart::Global | KeyPart::Route));
+    let per_client = key
+        .iter()
+        .any(|k| !matches!(k, KeyPart::Global | KeyPart::Route));
     let slots = match o.int("slots", 1, MAX_SLOTS)? {
         Some(_) if !per_client => {
-            return err(o.at("slots"), "does not apply: a \"global\" or \"route\" key has one counter")
+            return err(
+                o.at("slots"),
+                "does not apply: a \"global\" or \"route\" key has one counter",
+            )
         }
         Some(n) => n as u32,
         None if per_client => DEFAULT_SLOTS as u32,
@@ -395,13 +514,19 @@ fn cluster_fields(o: &Obj, scope: Scope) -> Result<Option<Cluster>> {
     };
     let interval = o.duration("sync_interval", 10, 60_000)?;
     if interval.is_some() && sync == SyncMode::Sync {
-        return err(o.at("sync_interval"), "only applies with \"sync\": \"async\"");
+        return err(
+            o.at("sync_interval"),
+            "only applies with \"sync\": \"async\"",
+        );
     }
     let fallback_limit = match o.get("fallback") {
         None => None,
         Some(f) => {
             let f = Obj::new(&o.at("fallback"), f, &["limit"])?;
-            Some(f.int("limit", 1, MAX_LIMIT)?.map_or_else(|| err(f.at("limit"), "is required"), Ok)?)
+            Some(
+                f.int("limit", 1, MAX_LIMIT)?
+                    .map_or_else(|| err(f.at("limit"), "is required"), Ok)?,
+            )
         }
     };
     Ok(Some(Cluster {
@@ -416,44 +541,74 @@ fn matcher(path: &str, v: &Value) -> Result<Match> {
     let path_prefix = o.str("path_prefix")?;
     if let Some(p) = path_prefix {
         if !p.starts_with('/') {
-            return err(o.at("path_prefix"), format!("{} must start with \"/\"", show(&Value::String(p.into()))));
+            return err(
+                o.at("path_prefix"),
+                format!("{} must start with \"/\"", show(&Value::String(p.into()))),
+            );
         }
     }
     let mut methods = Vec::new();
     if let Some(m) = o.get("methods") {
         let Value::Array(items) = m else {
-            return err(o.at("methods"), format!("expected a list such as [\"GET\", \"POST\"], got {}", show(m)));
+            return err(
+                o.at("methods"),
+                format!(
+                    "expected a list such as [\"GET\", \"POST\"], got {}",
+                    show(m)
+                ),
+            );
         };
         if items.is_empty() {
-            return err(o.at("methods"), "is empty; leave it out to match every method");
+            return err(
+                o.at("methods"),
+                "is empty; leave it out to match every method",
+            );
         }
         for (i, item) in items.iter().enumerate() {
             match item.as_str() {
-                Some(s) if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_uppercase()) => {
+                Some(s)
+                    if !s.is_empty()
+                        && s.len() <= 32
+                        && s.bytes().all(|b| b.is_ascii_uppercase()) =>
+                {
                     methods.push(s.to_string())
                 }
                 _ => {
                     return err(
                         format!("{}[{i}]", o.at("methods")),
-                        format!("{} is not an upper-case HTTP method such as \"GET\"", show(item)),
+                        format!(
+                            "{} is not an upper-case HTTP method such as \"GET\"",
+                            show(item)
+                        ),
                     )
                 }
             }
         }
     }
-    Ok(Match { path_prefix: path_prefix.map(str::to_string), methods })
+    Ok(Match {
+        path_prefix: path_prefix.map(str::to_string),
+        methods,
+    })
 }
 
 /// Header names as HTTP/2 carries them: lower-case token characters.
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn key_part(path: &str, v: &Value) -> Result<KeyPart> {
     let Some(s) = v.as_str() else {
-        return err(path, format!("expected a key such as \"ip\" or \"header:x-api-key\", got {}", show(v)));
+        return err(
+            path,
+            format!(
+                "expected a key such as \"ip\" or \"header:x-api-key\", got {}",
+                show(v)
+            ),
+        );
     };
     let part = match s {
         "ip" => KeyPart::Ip,
@@ -466,14 +621,24 @@ fn key_part(path: &str, v: &Value) -> Result<KeyPart> {
                 }
                 KeyPart::Header(h.to_ascii_lowercase())
             } else if let Some(q) = s.strip_prefix("query:") {
-                if q.is_empty() || q.len() > 128 || q.bytes().any(|b| b <= b' ' || b"&=#".contains(&b) || b >= 0x7f) {
-                    return err(path, format!("{} does not name a valid query parameter", show(v)));
+                if q.is_empty()
+                    || q.len() > 128
+                    || q.bytes()
+                        .any(|b| b <= b' ' || b"&=#".contains(&b) || b >= 0x7f)
+                {
+                    return err(
+                        path,
+                        format!("{} does not name a valid query parameter", show(v)),
+                    );
                 }
                 KeyPart::Query(q.to_string())
             } else {
                 return err(
                     path,
-                    format!("{} is not a key; use ip, global, route, header:<name> or query:<name>", show(v)),
+                    format!(
+                        "{} is not a key; use ip, global, route, header:<name> or query:<name>",
+                        show(v)
+                    ),
                 );
             }
         }
@@ -482,20 +647,28 @@ fn key_part(path: &str, v: &Value) -> Result<KeyPart> {
 }
 
 fn key_spec(path: &str, v: Option<&Value>) -> Result<Vec<KeyPart>> {
-    let Some(v) = v else { return err(path, "is required") };
+    let Some(v) = v else {
+        return err(path, "is required");
+    };
     let parts = match v {
         Value::Array(items) => {
             if items.is_empty() {
                 return err(path, "is an empty list; give at least one key part");
             }
             if items.len() > MAX_KEY_PARTS {
-                return err(path, format!("has {} parts; the limit is {MAX_KEY_PARTS}", items.len()));
+                return err(
+                    path,
+                    format!("has {} parts; the limit is {MAX_KEY_PARTS}", items.len()),
+                );
             }
             let mut parts = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let p = key_part(&format!("{path}[{i}]"), item)?;
                 if parts.contains(&p) {
-                    return err(format!("{path}[{i}]"), format!("{} appears twice", show(item)));
+                    return err(
+                        format!("{path}[{i}]"),
+                        format!("{} appears twice", show(item)),
+                    );
                 }
                 parts.push(p);
             }
@@ -514,17 +687,30 @@ fn tiers(path: &str, v: &Value, algorithm: &Algorithm) -> Result<Tiers> {
         _ => {
             return err(
                 o.at("from"),
-                format!("{} must be \"header:<name>\"", show(&Value::String(from.into()))),
+                format!(
+                    "{} must be \"header:<name>\"",
+                    show(&Value::String(from.into()))
+                ),
             )
         }
     };
     let default = o.str("default")?.map_or_else(
-        || err(o.at("default"), "is required: the tier used when the header is absent or unknown"),
+        || {
+            err(
+                o.at("default"),
+                "is required: the tier used when the header is absent or unknown",
+            )
+        },
         Ok,
     )?;
-    let limits = o.get("limits").map_or_else(|| err(o.at("limits"), "is required"), Ok)?;
+    let limits = o
+        .get("limits")
+        .map_or_else(|| err(o.at("limits"), "is required"), Ok)?;
     let Value::Object(map) = limits else {
-        return err(o.at("limits"), format!("expected an object of tier names, got {}", kind(limits)));
+        return err(
+            o.at("limits"),
+            format!("expected an object of tier names, got {}", kind(limits)),
+        );
     };
     if map.is_empty() {
         return err(o.at("limits"), "is empty; name at least the default tier");
@@ -536,26 +722,40 @@ fn tiers(path: &str, v: &Value, algorithm: &Algorithm) -> Result<Tiers> {
             return err(tpath, "tier names must be 1 to 64 characters");
         }
         let to = Obj::new(&tpath, t, &["limit", "burst"])?;
-        let limit = to.int("limit", 1, MAX_LIMIT)?.map_or_else(|| err(to.at("limit"), "is required"), Ok)?;
+        let limit = to
+            .int("limit", 1, MAX_LIMIT)?
+            .map_or_else(|| err(to.at("limit"), "is required"), Ok)?;
         let burst = to.int("burst", 1, MAX_LIMIT)?;
         if burst.is_some() && !matches!(algorithm, Algorithm::TokenBucket { .. }) {
             return err(to.at("burst"), "only applies to \"token_bucket\"");
         }
-        list.push(Tier { name: name.clone(), limit, burst });
+        list.push(Tier {
+            name: name.clone(),
+            limit,
+            burst,
+        });
     }
     let Some(default) = list.iter().position(|t| t.name == default) else {
         return err(
             o.at("default"),
-            format!("{} is not one of the tiers in \"limits\"", show(&Value::String(default.into()))),
+            format!(
+                "{} is not one of the tiers in \"limits\"",
+                show(&Value::String(default.into()))
+            ),
         );
     };
-    Ok(Tiers { from_header, default, tiers: list })
+    Ok(Tiers {
+        from_header,
+        default,
+        tiers: list,
+    })
 }
 
 fn needs(layers: &[Layer]) -> Needs {
     let mut n = Needs::default();
     for l in layers {
-        n.path |= l.matcher.path_prefix.is_some() || l.key.iter().any(|k| matches!(k, KeyPart::Query(_)));
+        n.path |=
+            l.matcher.path_prefix.is_some() || l.key.iter().any(|k| matches!(k, KeyPart::Query(_)));
         n.method |= !l.matcher.methods.is_empty();
         n.ip |= l.key.contains(&KeyPart::Ip);
     }

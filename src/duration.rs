@@ -38,7 +38,19 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for bad in ["", "1", "s", "1x", "-1s", "1.5s", " 1s", "1s ", "1m30s", "1S", "9999999999999s"] {
+        for bad in [
+            "",
+            "1",
+            "s",
+            "1x",
+            "-1s",
+            "1.5s",
+            " 1s",
+            "1s ",
+            "1m30s",
+            "1S",
+            "9999999999999s",
+        ] {
             assert_eq!(parse_millis(bad), None, "{bad:?} should be refused");
         }
     }

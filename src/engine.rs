@@ -32,7 +32,12 @@ pub enum Event {
     StoreError,
 }
 
-pub const EVENTS: [Event; 4] = [Event::Allowed, Event::Rejected, Event::ShadowRejected, Event::StoreError];
+pub const EVENTS: [Event; 4] = [
+    Event::Allowed,
+    Event::Rejected,
+    Event::ShadowRejected,
+    Event::StoreError,
+];
 
 impl Event {
     pub fn name(self) -> &'static str {
@@ -100,15 +105,23 @@ struct Facts {
 
 impl Facts {
     fn new() -> Self {
-        Facts { path: None, method: None, ip: None }
+        Facts {
+            path: None,
+            method: None,
+            ip: None,
+        }
     }
 
     fn path<H: Host>(&mut self, host: &mut H) -> Option<&[u8]> {
-        self.path.get_or_insert_with(|| host.header(":path")).as_deref()
+        self.path
+            .get_or_insert_with(|| host.header(":path"))
+            .as_deref()
     }
 
     fn method<H: Host>(&mut self, host: &mut H) -> Option<&[u8]> {
-        self.method.get_or_insert_with(|| host.header(":method")).as_deref()
+        self.method
+            .get_or_insert_with(|| host.header(":method"))
+            .as_deref()
     }
 
     fn ip<H: Host>(&mut self, host: &mut H, source: IpSource, ipv6_prefix: u8) -> Option<ClientIp> {
@@ -133,7 +146,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(policy: Policy, seed: Seed) -> Self {
         let prefixes = policy.layers.iter().map(slots::prefix).collect();
-        Engine { policy, seed, prefixes }
+        Engine {
+            policy,
+            seed,
+            prefixes,
+        }
     }
 
     /// The shared-data key of one slot of one layer.
@@ -168,10 +185,15 @@ impl Engine {
                 continue;
             };
             let slot = slots::index(hash, layer.slots);
-            let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
+            let tier = layer
+                .tiers
+                .as_ref()
+                .and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
             let key = self.slot_key(i, slot);
-            let decision = match update(host, &key, |raw| algorithms::admit(&layer.algorithm, limit, burst, raw, now_ns)) {
+            let decision = match update(host, &key, |raw| {
+                algorithms::admit(&layer.algorithm, limit, burst, raw, now_ns)
+            }) {
                 Ok(d) => d,
                 Err(_) => {
                     host.count(i, Event::StoreError);
@@ -206,9 +228,13 @@ impl Engine {
     /// it ends; clears `held` so a second call does nothing.
     pub fn release<H: Host>(&self, host: &mut H, held: &mut Vec<Held>) {
         for h in held.drain(..) {
-            let Some(layer) = self.policy.layers.get(h.layer) else { continue };
+            let Some(layer) = self.policy.layers.get(h.layer) else {
+                continue;
+            };
             let key = self.slot_key(h.layer, h.slot);
-            let released = update(host, &key, |raw| ((), algorithms::release(&layer.algorithm, raw)));
+            let released = update(host, &key, |raw| {
+                ((), algorithms::release(&layer.algorithm, raw))
+            });
             if released.is_err() {
                 host.count(h.layer, Event::StoreError);
             }
@@ -223,7 +249,9 @@ impl Engine {
             }
         }
         if !layer.matcher.methods.is_empty() {
-            let Some(m) = facts.method(host) else { return false };
+            let Some(m) = facts.method(host) else {
+                return false;
+            };
             if !layer.matcher.methods.iter().any(|x| x.as_bytes() == m) {
                 return false;
             }
@@ -232,7 +260,13 @@ impl Engine {
     }
 
     /// Hashes the layer's key for this request; `None` when a part is missing.
-    fn key_hash<H: Host>(&self, index: usize, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<u64> {
+    fn key_hash<H: Host>(
+        &self,
+        index: usize,
+        layer: &Layer,
+        facts: &mut Facts,
+        host: &mut H,
+    ) -> Option<u64> {
         let mut h = self.seed.hasher(index as u64);
         for part in &layer.key {
             match part {
@@ -247,7 +281,8 @@ impl Engine {
                     slots::write_part(&mut h, 4, &v);
                 }
                 KeyPart::Query(name) => {
-                    let v = query::param(facts.path(host)?, name.as_bytes()).filter(|v| !v.is_empty())?;
+                    let v = query::param(facts.path(host)?, name.as_bytes())
+                        .filter(|v| !v.is_empty())?;
                     slots::write_part(&mut h, 5, &v);
                 }
             }
@@ -271,10 +306,20 @@ impl Engine {
         let mut hs = headers::render(self.policy.headers, &self.report(i, d));
         hs.push(("retry-after", retry_after.to_string()));
         hs.push(("content-type", "application/json".to_string()));
-        Rejection { status: layer.status, headers: hs, body: headers::rejection_body("rate_limited", &layer.name, retry_after) }
+        Rejection {
+            status: layer.status,
+            headers: hs,
+            body: headers::rejection_body("rate_limited", &layer.name, retry_after),
+        }
     }
 
-    fn reject_missing<H: Host>(&self, i: usize, layer: &Layer, host: &mut H, verdict: &mut Verdict) {
+    fn reject_missing<H: Host>(
+        &self,
+        i: usize,
+        layer: &Layer,
+        host: &mut H,
+        verdict: &mut Verdict,
+    ) {
         host.count(i, Event::Rejected);
         self.release(host, &mut verdict.held);
         verdict.rejection = Some(Rejection {

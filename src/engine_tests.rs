@@ -12,19 +12,31 @@ fn header<'a>(hs: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn ip_layer_rejects_over_limit_with_headers_and_body() {
-    let e = engine(r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":3,"window":"1m"}]}"#);
+    let e = engine(
+        r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":3,"window":"1m"}]}"#,
+    );
     let mut host = FakeHost::new().with_peer("10.0.0.1:4000");
     for remaining in ["2", "1", "0"] {
         let v = e.check(&mut host, T0);
         assert!(v.rejection.is_none());
-        assert_eq!(header(&v.response_headers, "x-ratelimit-remaining"), Some(remaining));
+        assert_eq!(
+            header(&v.response_headers, "x-ratelimit-remaining"),
+            Some(remaining)
+        );
         assert_eq!(header(&v.response_headers, "x-ratelimit-limit"), Some("3"));
     }
     let v = e.check(&mut host, T0);
     let r = v.rejection.expect("fourth request is rejected");
     assert_eq!(r.status, 429);
-    assert_eq!(header(&r.headers, "retry-after"), Some("20"), "T0 is 20 s before the window ends");
-    assert_eq!(r.body, r#"{"error":"rate_limited","layer":"edge","retry_after":20}"#);
+    assert_eq!(
+        header(&r.headers, "retry-after"),
+        Some("20"),
+        "T0 is 20 s before the window ends"
+    );
+    assert_eq!(
+        r.body,
+        r#"{"error":"rate_limited","layer":"edge","retry_after":20}"#
+    );
     assert_eq!(host.count_of(0, Event::Allowed), 3);
     assert_eq!(host.count_of(0, Event::Rejected), 1);
     // Another client has its own counter.
@@ -44,7 +56,11 @@ fn rejected_request_is_not_charged_to_later_layers() {
     for _ in 0..5 {
         assert!(e.check(&mut host, T0).rejection.is_some());
     }
-    assert_eq!(host.count_of(1, Event::Allowed), 1, "only the admitted request reached layer two");
+    assert_eq!(
+        host.count_of(1, Event::Allowed),
+        1,
+        "only the admitted request reached layer two"
+    );
 }
 
 #[test]
@@ -56,27 +72,43 @@ fn headers_report_the_most_restrictive_layer() {
     );
     let v = e.check(&mut FakeHost::new(), T0);
     assert_eq!(header(&v.response_headers, "x-ratelimit-limit"), Some("5"));
-    assert_eq!(header(&v.response_headers, "x-ratelimit-remaining"), Some("4"));
-    assert_eq!(header(&v.response_headers, "ratelimit-policy"), Some("\"tight\";q=5;w=10"));
+    assert_eq!(
+        header(&v.response_headers, "x-ratelimit-remaining"),
+        Some("4")
+    );
+    assert_eq!(
+        header(&v.response_headers, "ratelimit-policy"),
+        Some("\"tight\";q=5;w=10")
+    );
 }
 
 #[test]
 fn missing_key_skips_or_denies() {
-    let skip = engine(r#"{"layers":[{"name":"k","key":"header:x-api-key","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#);
+    let skip = engine(
+        r#"{"layers":[{"name":"k","key":"header:x-api-key","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
+    );
     let mut host = FakeHost::new();
     for _ in 0..3 {
         let v = skip.check(&mut host, T0);
         assert!(v.rejection.is_none());
-        assert!(v.response_headers.is_empty(), "no layer applied, so no numbers to report");
+        assert!(
+            v.response_headers.is_empty(),
+            "no layer applied, so no numbers to report"
+        );
     }
     let deny = engine(
         r#"{"layers":[{"name":"k","key":"header:x-api-key","missing":"deny","status":401,"algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
     );
-    let r = deny.check(&mut FakeHost::new(), T0).rejection.expect("denied");
+    let r = deny
+        .check(&mut FakeHost::new(), T0)
+        .rejection
+        .expect("denied");
     assert_eq!(r.status, 401);
     assert!(r.body.contains("missing_key"));
     // An empty header value is as missing as an absent one.
-    let r = deny.check(&mut FakeHost::new().with_header("x-api-key", b""), T0).rejection;
+    let r = deny
+        .check(&mut FakeHost::new().with_header("x-api-key", b""), T0)
+        .rejection;
     assert!(r.is_some());
 }
 
@@ -85,7 +117,9 @@ fn composite_key_and_query_key() {
     let e = engine(
         r#"{"layers":[{"name":"kq","key":["query:key","ip"],"algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
     );
-    let mut host = FakeHost::new().with_peer("1.1.1.1:1").with_header(":path", b"/a?key=abc");
+    let mut host = FakeHost::new()
+        .with_peer("1.1.1.1:1")
+        .with_header(":path", b"/a?key=abc");
     assert!(e.check(&mut host, T0).rejection.is_none());
     assert!(e.check(&mut host, T0).rejection.is_some());
     // Same key, percent-encoded differently: the same counter.
@@ -108,17 +142,25 @@ fn tiers_pick_limits_from_a_header() {
         if let Some(p) = plan {
             host.set_header("x-plan", p);
         }
-        (0..10).filter(|_| e.check(&mut host, T0).rejection.is_none()).count()
+        (0..10)
+            .filter(|_| e.check(&mut host, T0).rejection.is_none())
+            .count()
     };
     assert_eq!(run(Some(b"paid")), 5);
     assert_eq!(run(Some(b"free")), 2);
     assert_eq!(run(None), 2, "absent plan uses the default tier");
-    assert_eq!(run(Some(b"platinum\r\n")), 2, "unknown plan uses the default tier");
+    assert_eq!(
+        run(Some(b"platinum\r\n")),
+        2,
+        "unknown plan uses the default tier"
+    );
 }
 
 #[test]
 fn shadow_layer_counts_but_never_rejects() {
-    let e = engine(r#"{"layers":[{"name":"s","key":"global","shadow":true,"algorithm":"fixed_window","limit":2,"window":"1m"}]}"#);
+    let e = engine(
+        r#"{"layers":[{"name":"s","key":"global","shadow":true,"algorithm":"fixed_window","limit":2,"window":"1m"}]}"#,
+    );
     let mut host = FakeHost::new();
     for _ in 0..5 {
         assert!(e.check(&mut host, T0).rejection.is_none());
@@ -132,9 +174,14 @@ fn match_limits_layers_to_paths_and_methods() {
     let e = engine(
         r#"{"layers":[{"name":"orders","match":{"path_prefix":"/orders","methods":["POST"]},"key":"route","algorithm":"fixed_window","limit":1,"window":"1m","status":503}]}"#,
     );
-    let mut host = FakeHost::new().with_header(":path", b"/orders/1").with_header(":method", b"POST");
+    let mut host = FakeHost::new()
+        .with_header(":path", b"/orders/1")
+        .with_header(":method", b"POST");
     assert!(e.check(&mut host, T0).rejection.is_none());
-    assert_eq!(e.check(&mut host, T0).rejection.map(|r| r.status), Some(503));
+    assert_eq!(
+        e.check(&mut host, T0).rejection.map(|r| r.status),
+        Some(503)
+    );
     host.set_header(":method", b"GET");
     assert!(e.check(&mut host, T0).rejection.is_none());
     host.set_header(":method", b"POST");
@@ -154,7 +201,10 @@ fn concurrency_is_held_until_released_and_released_on_later_rejection() {
     let b = e.check(&mut host, T0);
     assert_eq!(a.held.len(), 1);
     assert_eq!(b.held.len(), 1);
-    assert!(e.check(&mut host, T0).rejection.is_some(), "two in flight already");
+    assert!(
+        e.check(&mut host, T0).rejection.is_some(),
+        "two in flight already"
+    );
     e.release(&mut host, &mut a.held);
     e.release(&mut host, &mut a.held); // a second release is a no-op
     assert!(a.held.is_empty());
@@ -165,22 +215,36 @@ fn concurrency_is_held_until_released_and_released_on_later_rejection() {
     assert!(rejected.rejection.is_some());
     assert!(rejected.held.is_empty());
     host.next_request();
-    assert!(e.check(&mut host, T0).rejection.is_some(), "the slot taken by the admitted request is still held");
+    assert!(
+        e.check(&mut host, T0).rejection.is_some(),
+        "the slot taken by the admitted request is still held"
+    );
 }
 
 #[test]
 fn contention_is_retried_and_store_failure_fails_open() {
-    let e = engine(r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#);
+    let e = engine(
+        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
+    );
     let mut host = FakeHost::new();
     host.shared.force_mismatch = 3;
     assert!(e.check(&mut host, T0).rejection.is_none());
-    assert!(e.check(&mut host, T0).rejection.is_some(), "the retried write landed");
+    assert!(
+        e.check(&mut host, T0).rejection.is_some(),
+        "the retried write landed"
+    );
     let t1 = T0 + 60 * S;
     host.shared.force_mismatch = MAX_CAS_ATTEMPTS + 1;
-    assert!(e.check(&mut host, t1).rejection.is_none(), "endless contention admits uncounted");
+    assert!(
+        e.check(&mut host, t1).rejection.is_none(),
+        "endless contention admits uncounted"
+    );
     assert_eq!(host.count_of(0, Event::StoreError), 1);
     host.shared.force_mismatch = 0;
-    assert!(e.check(&mut host, t1).rejection.is_none(), "the uncounted request took no quota");
+    assert!(
+        e.check(&mut host, t1).rejection.is_none(),
+        "the uncounted request took no quota"
+    );
     assert!(e.check(&mut host, t1).rejection.is_some());
     host.shared.fail_with = Some(crate::host_status::UNIMPLEMENTED);
     assert!(e.check(&mut host, T0).rejection.is_none());
@@ -189,22 +253,35 @@ fn contention_is_retried_and_store_failure_fails_open() {
 
 #[test]
 fn hostile_header_values_are_just_keys() {
-    let e = engine(r#"{"layers":[{"name":"k","key":"header:x-api-key","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#);
+    let e = engine(
+        r#"{"layers":[{"name":"k","key":"header:x-api-key","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
+    );
     let mut host = FakeHost::new();
     let huge = vec![b'{'; 64 * 1024];
     for v in [&b"\r\nx: y"[..], &huge, b"\xff\xfe\x00", b"{tag}"] {
         host.set_header("x-api-key", v);
-        assert!(e.check(&mut host, T0).rejection.is_none(), "first use of {:?}", &v[..v.len().min(8)]);
+        assert!(
+            e.check(&mut host, T0).rejection.is_none(),
+            "first use of {:?}",
+            &v[..v.len().min(8)]
+        );
         assert!(e.check(&mut host, T0).rejection.is_some());
     }
 }
 
 #[test]
 fn slot_table_is_the_whole_footprint() {
-    let e = engine(r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":5,"window":"1m","slots":64}]}"#);
+    let e = engine(
+        r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":5,"window":"1m","slots":64}]}"#,
+    );
     let mut host = FakeHost::new();
     for i in 0..5_000u32 {
-        host.next_request().set_peer(&format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255));
+        host.next_request().set_peer(&format!(
+            "10.{}.{}.{}:1",
+            i >> 16 & 255,
+            i >> 8 & 255,
+            i & 255
+        ));
         e.check(&mut host, T0);
     }
     let all: std::collections::HashSet<String> = e.all_slot_keys().collect();
@@ -214,7 +291,9 @@ fn slot_table_is_the_whole_footprint() {
 
 #[test]
 fn request_reads_only_what_layers_need() {
-    let e = engine(r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":5,"window":"1m"}]}"#);
+    let e = engine(
+        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":5,"window":"1m"}]}"#,
+    );
     let mut host = FakeHost::new();
     e.check(&mut host, T0);
     assert_eq!(host.header_reads, 0);

@@ -31,7 +31,13 @@ pub fn render(mode: HeaderMode, report: &Report) -> Vec<(&'static str, String)> 
             let _ = write!(policy, ";w={}", report.window_s);
         }
         out.push(("ratelimit-policy", policy));
-        out.push(("ratelimit", format!("\"{}\";r={};t={}", report.layer, report.remaining, report.reset_s)));
+        out.push((
+            "ratelimit",
+            format!(
+                "\"{}\";r={};t={}",
+                report.layer, report.remaining, report.reset_s
+            ),
+        ));
     }
     out
 }
@@ -46,7 +52,13 @@ pub fn rejection_body(error: &str, layer: &str, retry_after_s: u64) -> String {
 mod tests {
     use super::*;
 
-    const R: Report = Report { layer: "edge", limit: 100, remaining: 42, reset_s: 30, window_s: 60 };
+    const R: Report = Report {
+        layer: "edge",
+        limit: 100,
+        remaining: 42,
+        reset_s: 30,
+        window_s: 60,
+    };
 
     #[test]
     fn draft_headers() {

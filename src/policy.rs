@@ -49,10 +49,17 @@ pub enum KeyPart {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
-    FixedWindow { window_ms: u64 },
-    SlidingWindow { window_ms: u64 },
+    FixedWindow {
+        window_ms: u64,
+    },
+    SlidingWindow {
+        window_ms: u64,
+    },
     /// Rate `limit` per `window_ms`, capacity `burst` (GCRA).
-    TokenBucket { window_ms: u64, burst: u64 },
+    TokenBucket {
+        window_ms: u64,
+        burst: u64,
+    },
     Concurrency,
 }
 

@@ -14,9 +14,9 @@
 //! clients give ≈ 1%. The seed is random per proxy, so nobody can aim a collision at a
 //! chosen victim. Size `slots` to the number of clients active per window.
 
+use std::hash::Hasher;
 #[allow(deprecated)]
 use std::hash::SipHasher;
-use std::hash::Hasher;
 
 use crate::policy::Layer;
 
@@ -38,7 +38,10 @@ impl Seed {
         let mut k1 = [0u8; 8];
         k0.copy_from_slice(&b[..8]);
         k1.copy_from_slice(&b[8..]);
-        Some(Seed { k0: u64::from_le_bytes(k0), k1: u64::from_le_bytes(k1) })
+        Some(Seed {
+            k0: u64::from_le_bytes(k0),
+            k1: u64::from_le_bytes(k1),
+        })
     }
 
     pub fn to_bytes(self) -> [u8; SEED_LEN] {
@@ -131,7 +134,10 @@ mod tests {
 
     #[test]
     fn seed_round_trips() {
-        let s = Seed { k0: 0x0102_0304_0506_0708, k1: u64::MAX };
+        let s = Seed {
+            k0: 0x0102_0304_0506_0708,
+            k1: u64::MAX,
+        };
         assert_eq!(Seed::from_bytes(&s.to_bytes()), Some(s));
         assert_eq!(Seed::from_bytes(b"short"), None);
     }

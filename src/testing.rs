@@ -56,18 +56,20 @@ impl FakeHost {
     }
 
     pub fn count_of(&self, layer: usize, event: Event) -> u64 {
-        self.counts.get(&(layer, event.index())).copied().unwrap_or(0)
-    }
-
-    pub fn total(&self, event: Event) -> u64 {
-        self.counts.iter().filter(|((_, e), _)| *e == event.index()).map(|(_, n)| *n).sum()
+        self.counts
+            .get(&(layer, event.index()))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
 impl Host for FakeHost {
     fn header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.header_reads += 1;
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     fn peer_address(&mut self) -> Option<Vec<u8>> {
@@ -98,7 +100,9 @@ impl Host for FakeHost {
             }
         }
         self.shared.next_cas += 1;
-        self.shared.map.insert(key.to_string(), (value.to_vec(), self.shared.next_cas));
+        self.shared
+            .map
+            .insert(key.to_string(), (value.to_vec(), self.shared.next_cas));
         Ok(SetOutcome::Stored)
     }
 
@@ -110,6 +114,7 @@ impl Host for FakeHost {
 
 /// An engine for a JSON policy, with a fixed seed.
 pub fn engine(json: &str) -> Engine {
-    let policy = crate::config::compile(json.as_bytes()).unwrap_or_else(|e| panic!("test config refused: {e}"));
+    let policy = crate::config::compile(json.as_bytes())
+        .unwrap_or_else(|e| panic!("test config refused: {e}"));
     Engine::new(policy, Seed { k0: 7, k1: 11 })
 }

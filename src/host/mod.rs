@@ -47,7 +47,10 @@ impl RootContext for Root {
             Ok(Some(b)) => b,
             Ok(None) => Vec::new(),
             Err(s) => {
-                log::error!("rampart: cannot read the plugin configuration: {}", host_status::describe(s));
+                log::error!(
+                    "rampart: cannot read the plugin configuration: {}",
+                    host_status::describe(s)
+                );
                 return false;
             }
         };
@@ -71,7 +74,10 @@ impl RootContext for Root {
             return false;
         }
         let metrics = define_metrics(&engine);
-        log::info!("rampart: configured {} layer(s)", engine.policy.layers.len());
+        log::info!(
+            "rampart: configured {} layer(s)",
+            engine.policy.layers.len()
+        );
         self.compiled = Some(Rc::new(Compiled { engine, metrics }));
         true
     }
@@ -80,7 +86,11 @@ impl RootContext for Root {
         // Without a configuration there is nothing to enforce; the host already refused
         // the plugin when `on_configure` returned false.
         let compiled = self.compiled.clone()?;
-        Some(Box::new(Stream { compiled, response_headers: Vec::new(), held: Vec::new() }))
+        Some(Box::new(Stream {
+            compiled,
+            response_headers: Vec::new(),
+            held: Vec::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -104,10 +114,14 @@ fn shared_seed() -> Result<Seed, String> {
         return Ok(seed);
     }
     let mut fresh = [0u8; crate::slots::SEED_LEN];
-    getrandom::getrandom(&mut fresh).map_err(|e| format!("no randomness for the hash seed: {e}"))?;
+    getrandom::getrandom(&mut fresh)
+        .map_err(|e| format!("no randomness for the hash seed: {e}"))?;
     let status = abi::shared_set(SEED_KEY, &fresh, 0);
     if status != OK {
-        return Err(format!("cannot store the hash seed: {}", host_status::describe(status)));
+        return Err(format!(
+            "cannot store the hash seed: {}",
+            host_status::describe(status)
+        ));
     }
     // Read back rather than trust our draw: if another VM stored its seed at the same
     // moment, everyone adopts whichever value is there now.
@@ -125,10 +139,18 @@ fn create_slots(engine: &Engine) -> Result<(), String> {
             Ok((None, _)) => {
                 let status = abi::shared_set(&key, &[], 0);
                 if status != OK && status != CAS_MISMATCH {
-                    return Err(format!("cannot create counter {key}: {}", host_status::describe(status)));
+                    return Err(format!(
+                        "cannot create counter {key}: {}",
+                        host_status::describe(status)
+                    ));
                 }
             }
-            Err(s) => return Err(format!("cannot read counter {key}: {}", host_status::describe(s))),
+            Err(s) => {
+                return Err(format!(
+                    "cannot read counter {key}: {}",
+                    host_status::describe(s)
+                ))
+            }
         }
     }
     Ok(())
@@ -151,7 +173,9 @@ fn define_metrics(engine: &Engine) -> MetricIds {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `engine::Host` over hostcalls, for one stream.
@@ -199,7 +223,9 @@ impl Stream {
         if self.held.is_empty() {
             return;
         }
-        let mut host = Hostcalls { metrics: &self.compiled.metrics };
+        let mut host = Hostcalls {
+            metrics: &self.compiled.metrics,
+        };
         self.compiled.engine.release(&mut host, &mut self.held);
     }
 }
@@ -209,19 +235,33 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let compiled = Rc::clone(&self.compiled);
-        let mut host = Hostcalls { metrics: &compiled.metrics };
+        let mut host = Hostcalls {
+            metrics: &compiled.metrics,
+        };
         let verdict = compiled.engine.check(&mut host, now_ns());
         self.held = verdict.held;
         let Some(rejection) = verdict.rejection else {
             self.response_headers = verdict.response_headers;
             return Action::Continue;
         };
-        let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let status = abi::send_local_response(rejection.status, "rampart_rate_limited", rejection.body.as_bytes(), &headers);
+        let headers: Vec<(&str, &str)> = rejection
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        let status = abi::send_local_response(
+            rejection.status,
+            "rampart_rate_limited",
+            rejection.body.as_bytes(),
+            &headers,
+        );
         if status != OK {
             // The host could not answer for us; letting the request through is the only
             // way that does not hang the client.
-            log::warn!("rampart: local response failed ({}); request admitted", host_status::describe(status));
+            log::warn!(
+                "rampart: local response failed ({}); request admitted",
+                host_status::describe(status)
+            );
             return Action::Continue;
         }
         Action::Pause

