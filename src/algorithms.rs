@@ -27,11 +27,53 @@ const TAG_CONCURRENCY: u8 = 4;
 pub struct Decision {
     pub allowed: bool,
     pub limit: u64,
+    /// Requests left after this one and every other token `granted` with it.
     pub remaining: u64,
     /// Until the counter is back to full, in nanoseconds.
     pub reset_ns: u64,
     /// When rejected: how long until a retry can succeed, in nanoseconds.
     pub retry_after_ns: u64,
+    /// Tokens taken from the counter: this request's plus any leased for later ones.
+    pub granted: u64,
+    /// Absolute time until which leased tokens may be spent.
+    pub valid_until_ns: u64,
+}
+
+impl Decision {
+    fn allow(limit: u64, capacity: u64, granted: u64, reset_ns: u64, valid_until_ns: u64) -> Self {
+        Decision {
+            allowed: true,
+            limit,
+            remaining: capacity - granted,
+            reset_ns,
+            retry_after_ns: 0,
+            granted,
+            valid_until_ns,
+        }
+    }
+
+    fn reject(limit: u64, reset_ns: u64, retry_after_ns: u64) -> Self {
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_ns,
+            retry_after_ns,
+            granted: 0,
+            valid_until_ns: 0,
+        }
+    }
+}
+
+/// Largest lease a worker takes in one compare-and-swap.
+pub const MAX_LEASE: u64 = 64;
+/// A lease takes at most this fraction (1/N) of the capacity left, so leases shrink to
+/// single tokens as a counter nears its limit and idle leases strand little quota.
+pub const LEASE_DIVISOR: u64 = 16;
+
+/// Tokens to take when `capacity` are available and leasing is wanted.
+pub fn lease_size(capacity: u64) -> u64 {
+    (capacity / LEASE_DIVISOR).clamp(1, MAX_LEASE).min(capacity)
 }
 
 fn tag_of(alg: &Algorithm) -> u8 {
@@ -67,44 +109,37 @@ fn encode(alg: &Algorithm, f: [u64; 3]) -> State {
     s
 }
 
-/// Charges one request against `raw` state. Returns the decision and, when the state
-/// changed, the new state to store.
+/// Charges one request against `raw` state; with `lease`, also takes extra tokens
+/// (`lease_size`) that the caller may spend on later requests without touching the
+/// state. Returns the decision and, when the state changed, the new state to store.
 pub fn admit(
     alg: &Algorithm,
     limit: u64,
     burst: u64,
     raw: Option<&[u8]>,
     now: u64,
+    lease: bool,
 ) -> (Decision, Option<State>) {
     let f = decode(alg, raw);
+    let grant = |capacity: u64| if lease { lease_size(capacity) } else { 1 };
     match *alg {
-        Algorithm::FixedWindow { window_ms } => fixed(alg, window_ms * NS_PER_MS, limit, f, now),
+        Algorithm::FixedWindow { window_ms } => {
+            fixed(alg, window_ms * NS_PER_MS, limit, f, now, grant)
+        }
         Algorithm::SlidingWindow { window_ms } => {
-            sliding(alg, window_ms * NS_PER_MS, limit, f, now)
+            sliding(alg, window_ms * NS_PER_MS, limit, f, now, grant)
         }
         Algorithm::TokenBucket { window_ms, .. } => {
-            gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now)
+            gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, grant)
         }
         Algorithm::Concurrency => {
+            // In-flight slots are returned one by one; they are never leased.
             let in_flight = f[0];
             if in_flight < limit {
-                let d = Decision {
-                    allowed: true,
-                    limit,
-                    remaining: limit - in_flight - 1,
-                    reset_ns: 0,
-                    retry_after_ns: 0,
-                };
+                let d = Decision::allow(limit, limit - in_flight, 1, 0, now);
                 (d, Some(encode(alg, [in_flight + 1, 0, 0])))
             } else {
-                let d = Decision {
-                    allowed: false,
-                    limit,
-                    remaining: 0,
-                    reset_ns: 0,
-                    retry_after_ns: CONCURRENCY_RETRY_NS,
-                };
-                (d, None)
+                (Decision::reject(limit, 0, CONCURRENCY_RETRY_NS), None)
             }
         }
     }
@@ -119,29 +154,28 @@ pub fn release(alg: &Algorithm, raw: Option<&[u8]>) -> Option<State> {
     (in_flight > 0).then(|| encode(alg, [in_flight - 1, 0, 0]))
 }
 
-fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64) -> (Decision, Option<State>) {
+fn fixed(
+    alg: &Algorithm,
+    w: u64,
+    limit: u64,
+    f: [u64; 3],
+    now: u64,
+    grant: impl Fn(u64) -> u64,
+) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
     let count = if f[0] == win { f[1] } else { 0 };
-    let reset_ns = (win + 1) * w - now;
+    let end = (win + 1) * w;
+    let reset_ns = end - now;
     if count < limit {
-        let d = Decision {
-            allowed: true,
-            limit,
-            remaining: limit - count - 1,
-            reset_ns,
-            retry_after_ns: 0,
-        };
-        (d, Some(encode(alg, [win, count + 1, 0])))
+        let capacity = limit - count;
+        let g = grant(capacity);
+        (
+            Decision::allow(limit, capacity, g, reset_ns, end),
+            Some(encode(alg, [win, count + g, 0])),
+        )
     } else {
-        let d = Decision {
-            allowed: false,
-            limit,
-            remaining: 0,
-            reset_ns,
-            retry_after_ns: reset_ns,
-        };
-        (d, None)
+        (Decision::reject(limit, reset_ns, reset_ns), None)
     }
 }
 
@@ -154,6 +188,7 @@ fn sliding(
     limit: u64,
     f: [u64; 3],
     now: u64,
+    grant: impl Fn(u64) -> u64,
 ) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
@@ -170,16 +205,11 @@ fn sliding(
     let est = prev as u128 * (w - elapsed) as u128 + cur as u128 * w128;
     let reset_ns = w - elapsed;
     if est + w128 <= limit128 * w128 {
-        let after = est + w128;
-        let remaining = ((limit128 * w128 - after) / w128) as u64;
-        let d = Decision {
-            allowed: true,
-            limit,
-            remaining,
-            reset_ns,
-            retry_after_ns: 0,
-        };
-        (d, Some(encode(alg, [win, cur + 1, prev])))
+        // Whole requests that still fit under the limit, this one included.
+        let capacity = ((limit128 * w128 - est) / w128) as u64;
+        let g = grant(capacity);
+        let d = Decision::allow(limit, capacity, g, reset_ns, (win + 1) * w);
+        (d, Some(encode(alg, [win, cur + g, prev])))
     } else {
         let retry_after_ns = if cur >= limit {
             // Wait into the next window, where `cur` becomes the weighted previous count.
@@ -191,14 +221,7 @@ fn sliding(
             let need = w128 - room / (prev.max(1) as u128);
             (need as u64).saturating_sub(elapsed).max(1)
         };
-        let d = Decision {
-            allowed: false,
-            limit,
-            remaining: 0,
-            reset_ns,
-            retry_after_ns,
-        };
-        (d, None)
+        (Decision::reject(limit, reset_ns, retry_after_ns), None)
     }
 }
 
@@ -212,31 +235,28 @@ fn gcra(
     burst: u64,
     f: [u64; 3],
     now: u64,
+    grant: impl Fn(u64) -> u64,
 ) -> (Decision, Option<State>) {
     let t = (w / limit.max(1)).max(1);
     let tolerance = t.saturating_mul(burst);
     let tat = f[0].max(now);
-    let new_tat = tat.saturating_add(t);
-    if new_tat - now <= tolerance {
-        let remaining = (tolerance - (new_tat - now)) / t;
-        let d = Decision {
-            allowed: true,
-            limit: burst,
-            remaining,
-            reset_ns: new_tat - now,
-            retry_after_ns: 0,
-        };
+    if tat.saturating_add(t) - now <= tolerance {
+        let capacity = (tolerance - (tat - now)) / t;
+        let g = grant(capacity);
+        let new_tat = tat.saturating_add(t.saturating_mul(g));
+        // Leased tokens expire as fast as the bucket refills them, so a worker holding
+        // a lease can never add a second burst on top of the bucket's own.
+        let d = Decision::allow(
+            burst,
+            capacity,
+            g,
+            new_tat - now,
+            now.saturating_add(t.saturating_mul(g)),
+        );
         (d, Some(encode(alg, [new_tat, 0, 0])))
     } else {
-        let retry_after_ns = (new_tat - tolerance).saturating_sub(now);
-        let d = Decision {
-            allowed: false,
-            limit: burst,
-            remaining: 0,
-            reset_ns: tat - now,
-            retry_after_ns,
-        };
-        (d, None)
+        let retry_after_ns = (tat.saturating_add(t) - tolerance).saturating_sub(now);
+        (Decision::reject(burst, tat - now, retry_after_ns), None)
     }
 }
 
@@ -262,7 +282,14 @@ mod tests {
     ) -> u64 {
         let mut ok = 0;
         for _ in 0..n {
-            let (d, next) = admit(alg, limit, burst, state.as_ref().map(|s| &s[..]), now);
+            let (d, next) = admit(
+                alg,
+                limit,
+                burst,
+                state.as_ref().map(|s| &s[..]),
+                now,
+                false,
+            );
             if d.allowed {
                 ok += 1;
             }
@@ -279,7 +306,7 @@ mod tests {
         let mut st = None;
         let t0 = 1_000 * 60 * S + 10 * S; // 10 s into a window
         assert_eq!(run(&alg, 5, 5, &mut st, t0, 8), 5);
-        let (d, _) = admit(&alg, 5, 5, st.as_ref().map(|s| &s[..]), t0);
+        let (d, _) = admit(&alg, 5, 5, st.as_ref().map(|s| &s[..]), t0, false);
         assert!(!d.allowed);
         assert_eq!(ceil_secs(d.retry_after_ns), 50);
         assert_eq!(
@@ -292,9 +319,9 @@ mod tests {
     #[test]
     fn fixed_window_remaining_counts_down() {
         let alg = Algorithm::FixedWindow { window_ms: 1_000 };
-        let (d, s) = admit(&alg, 3, 3, None, 5 * S);
+        let (d, s) = admit(&alg, 3, 3, None, 5 * S, false);
         assert_eq!((d.allowed, d.remaining), (true, 2));
-        let (d, _) = admit(&alg, 3, 3, s.as_ref().map(|s| &s[..]), 5 * S);
+        let (d, _) = admit(&alg, 3, 3, s.as_ref().map(|s| &s[..]), 5 * S, false);
         assert_eq!((d.allowed, d.remaining), (true, 1));
     }
 
@@ -316,7 +343,7 @@ mod tests {
         let mut st = None;
         let start = 1000 * 10 * S;
         run(&alg, 4, 4, &mut st, start, 4);
-        let (d, _) = admit(&alg, 4, 4, st.as_ref().map(|s| &s[..]), start + S);
+        let (d, _) = admit(&alg, 4, 4, st.as_ref().map(|s| &s[..]), start + S, false);
         assert!(!d.allowed);
         // Waiting exactly retry_after must admit one request.
         let later = start + S + d.retry_after_ns;
@@ -342,7 +369,7 @@ mod tests {
         );
         // Rate 10/s: 100 ms buys exactly one more.
         assert_eq!(run(&alg, 10, 5, &mut st, t0 + S / 10, 3), 1);
-        let (d, _) = admit(&alg, 10, 5, st.as_ref().map(|s| &s[..]), t0 + S / 10);
+        let (d, _) = admit(&alg, 10, 5, st.as_ref().map(|s| &s[..]), t0 + S / 10, false);
         assert!(!d.allowed);
         assert_eq!(d.retry_after_ns, S / 10);
         // Idle for a second: the bucket is full again, not fuller.
@@ -367,6 +394,42 @@ mod tests {
     }
 
     #[test]
+    fn leases_never_take_more_than_the_limit() {
+        for alg in [
+            Algorithm::FixedWindow { window_ms: 60_000 },
+            Algorithm::SlidingWindow { window_ms: 60_000 },
+            Algorithm::TokenBucket {
+                window_ms: 60_000,
+                burst: 1_000,
+            },
+        ] {
+            let mut st: Option<State> = None;
+            let (mut taken, mut rounds) = (0, 0);
+            loop {
+                let (d, next) = admit(&alg, 1_000, 1_000, st.as_ref().map(|s| &s[..]), 7 * S, true);
+                if !d.allowed {
+                    break;
+                }
+                assert!(d.granted >= 1 && d.granted <= MAX_LEASE);
+                assert_eq!(d.remaining + d.granted + taken, 1_000, "{alg:?}");
+                taken += d.granted;
+                rounds += 1;
+                st = next;
+            }
+            assert_eq!(taken, 1_000, "{alg:?}: the whole quota, and not one more");
+            assert!(rounds < 200, "{alg:?}: leases amortize ({rounds} rounds)");
+        }
+    }
+
+    #[test]
+    fn lease_size_shrinks_near_the_limit() {
+        assert_eq!(lease_size(1_000_000), MAX_LEASE);
+        assert_eq!(lease_size(160), 10);
+        assert_eq!(lease_size(15), 1);
+        assert_eq!(lease_size(1), 1);
+    }
+
+    #[test]
     fn foreign_or_garbage_state_reads_as_empty() {
         let fixed = Algorithm::FixedWindow { window_ms: 1_000 };
         let gcra_state = encode(
@@ -376,11 +439,11 @@ mod tests {
             },
             [u64::MAX, 0, 0],
         );
-        let (d, _) = admit(&fixed, 1, 1, Some(&gcra_state), S);
+        let (d, _) = admit(&fixed, 1, 1, Some(&gcra_state), S, false);
         assert!(d.allowed);
-        let (d, _) = admit(&fixed, 1, 1, Some(b"garbage"), S);
+        let (d, _) = admit(&fixed, 1, 1, Some(b"garbage"), S, false);
         assert!(d.allowed);
-        let (d, _) = admit(&fixed, 1, 1, Some(&[]), S);
+        let (d, _) = admit(&fixed, 1, 1, Some(&[]), S, false);
         assert!(d.allowed);
     }
 

@@ -7,6 +7,7 @@
 use crate::algorithms::{self, Decision};
 use crate::client_ip::{self, ClientIp};
 use crate::headers::{self, Report};
+use crate::lease::Leases;
 use crate::policy::{Algorithm, IpSource, KeyPart, Layer, Policy};
 use crate::query;
 use crate::slots::{self, Seed};
@@ -168,8 +169,21 @@ impl Engine {
             .flat_map(move |(i, l)| (0..l.slots).map(move |s| self.slot_key(i, s)))
     }
 
+    /// Empty worker-local leases for this policy (none for concurrency layers, whose
+    /// slots are returned one by one).
+    pub fn leases(&self) -> Leases {
+        Leases::new(self.policy.layers.iter().map(|l| {
+            if l.algorithm == Algorithm::Concurrency {
+                0
+            } else {
+                l.slots
+            }
+        }))
+    }
+
     /// Checks a request against every layer, in order, charging each until one rejects.
-    pub fn check<H: Host>(&self, host: &mut H, now_ns: u64) -> Verdict {
+    /// `leases` is this worker's; see `lease.rs`.
+    pub fn check<H: Host>(&self, host: &mut H, leases: &mut Leases, now_ns: u64) -> Verdict {
         let mut facts = Facts::new();
         let mut verdict = Verdict::default();
         let mut tightest: Option<(usize, Decision)> = None;
@@ -190,14 +204,27 @@ impl Engine {
                 .as_ref()
                 .and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
-            let key = self.slot_key(i, slot);
-            let decision = match update(host, &key, |raw| {
-                algorithms::admit(&layer.algorithm, limit, burst, raw, now_ns)
-            }) {
-                Ok(d) => d,
-                Err(_) => {
-                    host.count(i, Event::StoreError);
-                    continue;
+            let mut lease = leases.get(i, slot);
+            let decision = match lease.as_mut().and_then(|l| l.take(now_ns, limit)) {
+                Some(d) => d,
+                None => {
+                    let key = self.slot_key(i, slot);
+                    let leasing = lease.is_some();
+                    let charged = update(host, &key, |raw| {
+                        algorithms::admit(&layer.algorithm, limit, burst, raw, now_ns, leasing)
+                    });
+                    match charged {
+                        Ok(d) => {
+                            if let Some(l) = lease {
+                                l.store(&d, now_ns, limit);
+                            }
+                            d
+                        }
+                        Err(_) => {
+                            host.count(i, Event::StoreError);
+                            continue;
+                        }
+                    }
                 }
             };
             if decision.allowed {

@@ -138,7 +138,8 @@ fn tiers_pick_limits_from_a_header() {
             "tiers":{"from":"header:x-plan","default":"free","limits":{"free":{"limit":2},"paid":{"limit":5}}}}]}"#,
     );
     let run = |plan: Option<&[u8]>| {
-        let mut host = FakeHost::new().with_header("x-api-key", b"k");
+        let key = format!("key-{:?}", plan);
+        let mut host = FakeHost::new().with_header("x-api-key", key.as_bytes());
         if let Some(p) = plan {
             host.set_header("x-plan", p);
         }
@@ -247,8 +248,67 @@ fn contention_is_retried_and_store_failure_fails_open() {
     );
     assert!(e.check(&mut host, t1).rejection.is_some());
     host.shared.fail_with = Some(crate::host_status::UNIMPLEMENTED);
-    assert!(e.check(&mut host, T0).rejection.is_none());
+    assert!(e.check(&mut host, t1 + 60 * S).rejection.is_none());
     assert_eq!(host.count_of(0, Event::StoreError), 2);
+}
+
+#[test]
+fn leases_amortize_shared_data_and_stay_exact_across_workers() {
+    let a = engine(
+        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1000,"window":"1m"}]}"#,
+    );
+    let b = a.sibling();
+    let mut host = FakeHost::new();
+    let mut admitted = 0;
+    let mut last_cas = 0;
+    for i in 0..3_000 {
+        // Alternate workers, as Envoy spreads connections.
+        let w = if i % 2 == 0 { &a } else { &b };
+        if w.check(&mut host, T0).rejection.is_none() {
+            admitted += 1;
+        }
+        if i == 999 {
+            last_cas = host.shared.sets;
+        }
+    }
+    assert_eq!(admitted, 1_000, "exactly the limit across two workers");
+    assert!(
+        last_cas < 100,
+        "1,000 requests took {last_cas} shared writes"
+    );
+    let v = a.check(&mut host, T0);
+    assert_eq!(v.rejection.map(|r| r.status), Some(429));
+}
+
+#[test]
+fn remembered_rejection_ends_at_retry_after() {
+    let e = engine(
+        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":2,"window":"1m"}]}"#,
+    );
+    let mut host = FakeHost::new();
+    e.check(&mut host, T0);
+    e.check(&mut host, T0);
+    let gets = host.shared.gets;
+    let r = e.check(&mut host, T0).rejection.expect("over the limit");
+    assert_eq!(
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == "retry-after")
+            .map(|(_, v)| v.as_str()),
+        Some("20")
+    );
+    for _ in 0..10 {
+        assert!(e.check(&mut host, T0 + 5 * S).rejection.is_some());
+    }
+    assert_eq!(
+        host.shared.gets,
+        gets + 1,
+        "only the first rejection read shared data"
+    );
+    assert!(
+        e.check(&mut host, T0 + 20 * S).rejection.is_none(),
+        "a new window"
+    );
 }
 
 #[test]

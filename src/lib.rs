@@ -11,6 +11,7 @@ pub mod duration;
 pub mod engine;
 pub mod headers;
 pub mod host_status;
+pub mod lease;
 pub mod policy;
 pub mod query;
 pub mod slots;

@@ -1,9 +1,11 @@
 //! An in-memory `Host` for unit tests, with Envoy's shared-data semantics (a CAS token
 //! per key; an absent key is written unconditionally).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::engine::{Engine, Event, Host, HostError, SetOutcome, EVENTS};
+use crate::engine::{Engine, Event, Host, HostError, SetOutcome, Verdict, EVENTS};
+use crate::lease::Leases;
 use crate::slots::Seed;
 
 #[derive(Default)]
@@ -13,6 +15,8 @@ pub struct Shared {
     /// Make this many upcoming sets fail with CAS_MISMATCH (simulated contention).
     pub force_mismatch: usize,
     pub fail_with: Option<u32>,
+    pub gets: u64,
+    pub sets: u64,
 }
 
 #[derive(Default)]
@@ -77,6 +81,7 @@ impl Host for FakeHost {
     }
 
     fn shared_get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+        self.shared.gets += 1;
         if let Some(code) = self.shared.fail_with {
             return Err(HostError(code));
         }
@@ -87,6 +92,7 @@ impl Host for FakeHost {
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, HostError> {
+        self.shared.sets += 1;
         if let Some(code) = self.shared.fail_with {
             return Err(HostError(code));
         }
@@ -112,9 +118,43 @@ impl Host for FakeHost {
     }
 }
 
-/// An engine for a JSON policy, with a fixed seed.
-pub fn engine(json: &str) -> Engine {
+/// One worker: the engine plus its own leases.
+pub struct Worker {
+    pub engine: Engine,
+    pub leases: RefCell<Leases>,
+}
+
+impl Worker {
+    pub fn check(&self, host: &mut FakeHost, now: u64) -> Verdict {
+        self.engine.check(host, &mut self.leases.borrow_mut(), now)
+    }
+
+    /// Another worker of the same proxy: same policy and seed, its own leases.
+    pub fn sibling(&self) -> Worker {
+        let engine = Engine::new(self.engine.policy.clone(), SEED);
+        Worker {
+            leases: RefCell::new(engine.leases()),
+            engine,
+        }
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+const SEED: Seed = Seed { k0: 7, k1: 11 };
+
+/// A worker for a JSON policy, with a fixed seed.
+pub fn engine(json: &str) -> Worker {
     let policy = crate::config::compile(json.as_bytes())
         .unwrap_or_else(|e| panic!("test config refused: {e}"));
-    Engine::new(policy, Seed { k0: 7, k1: 11 })
+    let engine = Engine::new(policy, SEED);
+    Worker {
+        leases: RefCell::new(engine.leases()),
+        engine,
+    }
 }

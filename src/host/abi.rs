@@ -75,6 +75,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> Status;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
 }
 
 /// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`
@@ -224,4 +225,9 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
 pub fn increment(id: u32, by: i64) -> Status {
     // SAFETY: plain values.
     unsafe { proxy_increment_metric(id, by) }
+}
+
+pub fn set_tick_period_ms(ms: u32) -> Status {
+    // SAFETY: plain value.
+    unsafe { proxy_set_tick_period_milliseconds(ms) }
 }

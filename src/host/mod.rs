@@ -4,6 +4,7 @@
 mod abi;
 mod logger;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use proxy_wasm::types::{Action, ContextType};
 use crate::config;
 use crate::engine::{Engine, Event, Held, Host, HostError, SetOutcome, EVENTS};
 use crate::host_status::{self, CAS_MISMATCH, NOT_FOUND, OK};
+use crate::lease::Leases;
 use crate::slots::{Seed, SEED_KEY};
 
 proxy_wasm::main! {{
@@ -24,9 +26,47 @@ proxy_wasm::main! {{
 /// define the metric (APISIX ships stubs): counting is then skipped, never fatal.
 type MetricIds = Vec<[Option<u32>; EVENTS.len()]>;
 
+/// How often buffered metric counts are pushed to the host.
+const METRICS_FLUSH_MS: u32 = 500;
+/// Counts buffered before a flush happens on the request path regardless of the tick
+/// (hosts without a tick still publish).
+const METRICS_FLUSH_AFTER: u64 = 256;
+
+/// Metric counts not yet pushed: every `increment_metric` is a hostcall, so requests
+/// count locally and the tick publishes.
+struct PendingMetrics {
+    counts: Vec<[u64; EVENTS.len()]>,
+    total: u64,
+}
+
 struct Compiled {
     engine: Engine,
     metrics: MetricIds,
+    /// This worker's leases (one VM per worker thread: never shared across threads).
+    leases: RefCell<Leases>,
+    pending: RefCell<PendingMetrics>,
+}
+
+impl Compiled {
+    fn flush_metrics(&self) {
+        let Ok(mut p) = self.pending.try_borrow_mut() else {
+            return;
+        };
+        if p.total == 0 {
+            return;
+        }
+        for (layer, counts) in p.counts.iter_mut().enumerate() {
+            for (event, n) in counts.iter_mut().enumerate() {
+                if *n > 0 {
+                    if let Some(Some(id)) = self.metrics.get(layer).map(|ids| ids[event]) {
+                        let _ = abi::increment(id, *n as i64);
+                    }
+                    *n = 0;
+                }
+            }
+        }
+        p.total = 0;
+    }
 }
 
 #[derive(Default)]
@@ -74,12 +114,34 @@ impl RootContext for Root {
             return false;
         }
         let metrics = define_metrics(&engine);
+        if abi::set_tick_period_ms(METRICS_FLUSH_MS) != OK {
+            log::info!("rampart: this host has no tick; metrics are published every {METRICS_FLUSH_AFTER} counts");
+        }
         log::info!(
             "rampart: configured {} layer(s)",
             engine.policy.layers.len()
         );
-        self.compiled = Some(Rc::new(Compiled { engine, metrics }));
+        let pending = PendingMetrics {
+            counts: vec![[0; EVENTS.len()]; engine.policy.layers.len()],
+            total: 0,
+        };
+        let leases = RefCell::new(engine.leases());
+        if let Some(old) = self.compiled.take() {
+            old.flush_metrics();
+        }
+        self.compiled = Some(Rc::new(Compiled {
+            engine,
+            metrics,
+            leases,
+            pending: RefCell::new(pending),
+        }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(c) = &self.compiled {
+            c.flush_metrics();
+        }
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
@@ -180,7 +242,7 @@ fn now_ns() -> u64 {
 
 /// `engine::Host` over hostcalls, for one stream.
 struct Hostcalls<'a> {
-    metrics: &'a MetricIds,
+    compiled: &'a Compiled,
 }
 
 impl Host for Hostcalls<'_> {
@@ -206,8 +268,18 @@ impl Host for Hostcalls<'_> {
     }
 
     fn count(&mut self, layer: usize, event: Event) {
-        if let Some(Some(id)) = self.metrics.get(layer).map(|ids| ids[event.index()]) {
-            let _ = abi::increment(id, 1);
+        let full = match self.compiled.pending.try_borrow_mut() {
+            Ok(mut p) => {
+                if let Some(c) = p.counts.get_mut(layer) {
+                    c[event.index()] += 1;
+                    p.total += 1;
+                }
+                p.total >= METRICS_FLUSH_AFTER
+            }
+            Err(_) => false,
+        };
+        if full {
+            self.compiled.flush_metrics();
         }
     }
 }
@@ -224,7 +296,7 @@ impl Stream {
             return;
         }
         let mut host = Hostcalls {
-            metrics: &self.compiled.metrics,
+            compiled: &self.compiled,
         };
         self.compiled.engine.release(&mut host, &mut self.held);
     }
@@ -236,9 +308,14 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let compiled = Rc::clone(&self.compiled);
         let mut host = Hostcalls {
-            metrics: &compiled.metrics,
+            compiled: &compiled,
         };
-        let verdict = compiled.engine.check(&mut host, now_ns());
+        let verdict = match compiled.leases.try_borrow_mut() {
+            Ok(mut leases) => compiled.engine.check(&mut host, &mut leases, now_ns()),
+            // Unreachable on a single-threaded VM; if a host ever re-enters, admit rather
+            // than trap.
+            Err(_) => return Action::Continue,
+        };
         self.held = verdict.held;
         let Some(rejection) = verdict.rejection else {
             self.response_headers = verdict.response_headers;

@@ -263,6 +263,26 @@ impl Envoy {
         out
     }
 
+    /// Waits until every `(metric, value)` holds (Rampart publishes its counts on a
+    /// 500 ms tick), then returns all metrics; panics showing what it saw instead.
+    pub fn metrics_reach(&self, expect: &[(&str, f64)]) -> HashMap<String, f64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.prometheus();
+            if expect.iter().all(|(k, v)| m.get(*k) == Some(v)) {
+                return m;
+            }
+            if std::time::Instant::now() > deadline {
+                let seen: Vec<_> = expect
+                    .iter()
+                    .map(|(k, _)| (*k, m.get(*k).copied()))
+                    .collect();
+                panic!("metrics never reached {expect:?}; last seen {seen:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// tcmalloc's allocated bytes from the admin `/memory` endpoint.
     pub fn allocated_bytes(&self) -> u64 {
         get_once(self.admin_port, "/memory")

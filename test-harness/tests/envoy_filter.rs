@@ -298,10 +298,11 @@ fn shadow_layer_counts_and_reports_but_never_rejects() {
     let got: Vec<_> = (0..8).map(|_| c.get("/", &[]).unwrap()).collect();
     assert!(got.iter().all(|r| r.status == 200));
     assert_eq!(got[7].header_u64("x-ratelimit-remaining"), Some(0));
-    let m = s.envoy.prometheus();
-    assert_eq!(m.get("rampart_trial_allowed"), Some(&3.0));
-    assert_eq!(m.get("rampart_trial_shadow_rejected"), Some(&5.0));
-    assert_eq!(m.get("rampart_trial_rejected"), Some(&0.0));
+    s.envoy.metrics_reach(&[
+        ("rampart_trial_allowed", 3.0),
+        ("rampart_trial_shadow_rejected", 5.0),
+        ("rampart_trial_rejected", 0.0),
+    ]);
 }
 
 #[test]
@@ -315,17 +316,13 @@ fn metrics_match_what_clients_saw() {
     let without = statuses(&mut c, "/", &[], 6);
     assert_eq!(with_key, [200, 200, 429, 429]);
     assert_eq!(count(&without, 200), 3);
-    let m = s.envoy.prometheus();
-    let get = |k: &str| {
-        m.get(k)
-            .copied()
-            .unwrap_or_else(|| panic!("metric {k} missing"))
-    };
-    assert_eq!(get("rampart_edge_allowed"), 7.0);
-    assert_eq!(get("rampart_edge_rejected"), 3.0);
-    assert_eq!(get("rampart_api_keys_allowed"), 2.0);
-    assert_eq!(get("rampart_api_keys_rejected"), 2.0);
-    assert_eq!(get("rampart_edge_store_errors"), 0.0);
+    s.envoy.metrics_reach(&[
+        ("rampart_edge_allowed", 7.0),
+        ("rampart_edge_rejected", 3.0),
+        ("rampart_api_keys_allowed", 2.0),
+        ("rampart_api_keys_rejected", 2.0),
+        ("rampart_edge_store_errors", 0.0),
+    ]);
 }
 
 #[test]
@@ -355,12 +352,10 @@ fn exact_across_two_workers_under_concurrent_load() {
     }
     assert_eq!(ok.load(Ordering::SeqCst), LIMIT);
     assert_eq!(s.upstream.served(), LIMIT);
-    let m = s.envoy.prometheus();
-    assert_eq!(m.get("rampart_global_allowed"), Some(&(LIMIT as f64)));
-    assert_eq!(
-        m.get("rampart_global_rejected"),
-        Some(&(800.0 - LIMIT as f64))
-    );
+    s.envoy.metrics_reach(&[
+        ("rampart_global_allowed", LIMIT as f64),
+        ("rampart_global_rejected", 800.0 - LIMIT as f64),
+    ]);
 }
 
 #[test]
