@@ -346,3 +346,20 @@ fn the_full_design_example_with_cluster_layers_is_refused_only_for_scope() {
     assert!(err.starts_with("layers[0].scope:"), "{err}");
     assert!(err.contains("sidecar"), "{err}");
 }
+
+#[test]
+fn every_shipped_example_compiles() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("filters/examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read(&path).expect("read example");
+            if let Err(e) = compile(&text) {
+                panic!("{}: {e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "only {n} examples");
+}

@@ -411,3 +411,52 @@ fn hostile_header_values_neither_crash_nor_collide() {
     assert_eq!(c.get("/", &[("x-api-key", b"fresh")]).unwrap().status, 200);
     assert!(!s.envoy.log().contains("panicked"));
 }
+
+#[test]
+fn every_shipped_example_runs_in_envoy() {
+    let dir = rampart_test_harness::project_file("filters/examples");
+    let upstream = Upstream::start();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "{names:?}");
+    for name in names {
+        let plugin = example(&name);
+        let envoy = Envoy::start(&Options::rampart(&plugin.to_string(), upstream.port));
+        let r = envoy
+            .client()
+            .get(
+                "/?api_key=k",
+                &[("x-api-key", b"k"), ("x-forwarded-for", b"198.51.100.1")],
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{name}: {}", r.body_text());
+        assert!(
+            r.header("x-ratelimit-remaining").is_some() || r.header("ratelimit").is_some(),
+            "{name}: no rate-limit headers in {:?}",
+            r.headers
+        );
+    }
+}
+
+#[test]
+fn shipped_envoy_yaml_embeds_the_shipped_example() {
+    let yaml: serde_json::Value = serde_norway::from_str(&rampart_test_harness::read_project_file(
+        "filters/envoy/envoy.yaml",
+    ))
+    .unwrap();
+    let filters = &yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"];
+    let embedded = filters[0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .unwrap();
+    let embedded: serde_json::Value = serde_json::from_str(embedded).unwrap();
+    assert_eq!(
+        embedded,
+        example("edge-and-keys.json"),
+        "envoy.yaml and edge-and-keys.json drifted apart"
+    );
+}
