@@ -109,6 +109,31 @@ fn encode(alg: &Algorithm, f: [u64; 3]) -> State {
     s
 }
 
+/// How many tokens to take from a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// One request.
+    One,
+    /// One request plus a lease of `lease_size(capacity) - 1` for later ones.
+    Lease,
+    /// As many as fit, up to this many (the sidecar's coalesced hits).
+    UpTo(u64),
+    /// Exactly this many, recorded even past the limit (hits already admitted
+    /// elsewhere, reported after the fact).
+    Record(u64),
+}
+
+impl Want {
+    fn grant(self, capacity: u64) -> u64 {
+        match self {
+            Want::One => capacity.min(1),
+            Want::Lease => lease_size(capacity),
+            Want::UpTo(n) => capacity.min(n),
+            Want::Record(n) => n,
+        }
+    }
+}
+
 /// Charges one request against `raw` state; with `lease`, also takes extra tokens
 /// (`lease_size`) that the caller may spend on later requests without touching the
 /// state. Returns the decision and, when the state changed, the new state to store.
@@ -120,17 +145,36 @@ pub fn admit(
     now: u64,
     lease: bool,
 ) -> (Decision, Option<State>) {
+    charge(
+        alg,
+        limit,
+        burst,
+        raw,
+        now,
+        if lease { Want::Lease } else { Want::One },
+    )
+}
+
+/// The general form of `admit`: takes `want` tokens. `decision.granted` says how many
+/// were taken; a decision is `allowed` when the counter had room before this charge.
+pub fn charge(
+    alg: &Algorithm,
+    limit: u64,
+    burst: u64,
+    raw: Option<&[u8]>,
+    now: u64,
+    want: Want,
+) -> (Decision, Option<State>) {
     let f = decode(alg, raw);
-    let grant = |capacity: u64| if lease { lease_size(capacity) } else { 1 };
     match *alg {
         Algorithm::FixedWindow { window_ms } => {
-            fixed(alg, window_ms * NS_PER_MS, limit, f, now, grant)
+            fixed(alg, window_ms * NS_PER_MS, limit, f, now, want)
         }
         Algorithm::SlidingWindow { window_ms } => {
-            sliding(alg, window_ms * NS_PER_MS, limit, f, now, grant)
+            sliding(alg, window_ms * NS_PER_MS, limit, f, now, want)
         }
         Algorithm::TokenBucket { window_ms, .. } => {
-            gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, grant)
+            gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, want)
         }
         Algorithm::Concurrency => {
             // In-flight slots are returned one by one; they are never leased.
@@ -160,22 +204,20 @@ fn fixed(
     limit: u64,
     f: [u64; 3],
     now: u64,
-    grant: impl Fn(u64) -> u64,
+    want: Want,
 ) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
     let count = if f[0] == win { f[1] } else { 0 };
     let end = (win + 1) * w;
     let reset_ns = end - now;
-    if count < limit {
-        let capacity = limit - count;
-        let g = grant(capacity);
-        (
-            Decision::allow(limit, capacity, g, reset_ns, end),
-            Some(encode(alg, [win, count + g, 0])),
-        )
+    let capacity = limit.saturating_sub(count);
+    let g = want.grant(capacity);
+    let next = (g > 0).then(|| encode(alg, [win, count.saturating_add(g), 0]));
+    if capacity > 0 {
+        (Decision::allow(limit, capacity, g, reset_ns, end), next)
     } else {
-        (Decision::reject(limit, reset_ns, reset_ns), None)
+        (Decision::reject(limit, reset_ns, reset_ns), next)
     }
 }
 
@@ -188,7 +230,7 @@ fn sliding(
     limit: u64,
     f: [u64; 3],
     now: u64,
-    grant: impl Fn(u64) -> u64,
+    want: Want,
 ) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
@@ -204,25 +246,28 @@ fn sliding(
     // Estimate scaled by w to stay in integers: prev * (w - elapsed) + cur * w.
     let est = prev as u128 * (w - elapsed) as u128 + cur as u128 * w128;
     let reset_ns = w - elapsed;
-    if est + w128 <= limit128 * w128 {
-        // Whole requests that still fit under the limit, this one included.
-        let capacity = ((limit128 * w128 - est) / w128) as u64;
-        let g = grant(capacity);
-        let d = Decision::allow(limit, capacity, g, reset_ns, (win + 1) * w);
-        (d, Some(encode(alg, [win, cur + g, prev])))
-    } else {
-        let retry_after_ns = if cur >= limit {
-            // Wait into the next window, where `cur` becomes the weighted previous count.
-            let excess = (cur - limit + 1) as u128;
-            reset_ns + ((w128 * excess).div_ceil(cur.max(1) as u128)) as u64
-        } else {
-            // prev * (w - e) <= (limit - 1 - cur) * w  ⇔  e >= w - (limit-1-cur) * w / prev.
-            let room = (limit - 1 - cur) as u128 * w128;
-            let need = w128 - room / (prev.max(1) as u128);
-            (need as u64).saturating_sub(elapsed).max(1)
-        };
-        (Decision::reject(limit, reset_ns, retry_after_ns), None)
+    // Whole requests that still fit under the limit, this one included.
+    let capacity = (limit128 * w128).saturating_sub(est) / w128;
+    let capacity = capacity.min(u64::MAX as u128) as u64;
+    let g = want.grant(capacity);
+    let next = (g > 0).then(|| encode(alg, [win, cur.saturating_add(g), prev]));
+    if capacity > 0 {
+        return (
+            Decision::allow(limit, capacity, g, reset_ns, (win + 1) * w),
+            next,
+        );
     }
+    let retry_after_ns = if cur >= limit {
+        // Wait into the next window, where `cur` becomes the weighted previous count.
+        let excess = (cur - limit + 1) as u128;
+        reset_ns + ((w128 * excess).div_ceil(cur.max(1) as u128)) as u64
+    } else {
+        // prev * (w - e) <= (limit - 1 - cur) * w  ⇔  e >= w - (limit-1-cur) * w / prev.
+        let room = (limit - 1 - cur) as u128 * w128;
+        let need = w128 - room / (prev.max(1) as u128);
+        (need as u64).saturating_sub(elapsed).max(1)
+    };
+    (Decision::reject(limit, reset_ns, retry_after_ns), next)
 }
 
 /// GCRA: the state is the theoretical arrival time (TAT) of the next request. Each
@@ -235,28 +280,30 @@ fn gcra(
     burst: u64,
     f: [u64; 3],
     now: u64,
-    grant: impl Fn(u64) -> u64,
+    want: Want,
 ) -> (Decision, Option<State>) {
     let t = (w / limit.max(1)).max(1);
     let tolerance = t.saturating_mul(burst);
     let tat = f[0].max(now);
-    if tat.saturating_add(t) - now <= tolerance {
-        let capacity = (tolerance - (tat - now)) / t;
-        let g = grant(capacity);
-        let new_tat = tat.saturating_add(t.saturating_mul(g));
+    let capacity = if tat.saturating_add(t) - now <= tolerance {
+        (tolerance - (tat - now)) / t
+    } else {
+        0
+    };
+    let g = want.grant(capacity);
+    let new_tat = tat.saturating_add(t.saturating_mul(g));
+    let next = (g > 0).then(|| encode(alg, [new_tat, 0, 0]));
+    if capacity > 0 {
         // Leased tokens expire as fast as the bucket refills them, so a worker holding
         // a lease can never add a second burst on top of the bucket's own.
-        let d = Decision::allow(
-            burst,
-            capacity,
-            g,
-            new_tat - now,
-            now.saturating_add(t.saturating_mul(g)),
-        );
-        (d, Some(encode(alg, [new_tat, 0, 0])))
+        let valid_until = now.saturating_add(t.saturating_mul(g));
+        (
+            Decision::allow(burst, capacity, g, new_tat - now, valid_until),
+            next,
+        )
     } else {
         let retry_after_ns = (tat.saturating_add(t) - tolerance).saturating_sub(now);
-        (Decision::reject(burst, tat - now, retry_after_ns), None)
+        (Decision::reject(burst, new_tat - now, retry_after_ns), next)
     }
 }
 

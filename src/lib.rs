@@ -15,6 +15,7 @@ pub mod lease;
 pub mod policy;
 pub mod query;
 pub mod slots;
+pub mod wire;
 
 #[cfg(test)]
 mod engine_tests;

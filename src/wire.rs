@@ -1,0 +1,233 @@
+//! The HTTP bodies exchanged by the filter and rampart-sidecar (DESIGN.md §4). One
+//! definition, used by both sides, so they cannot drift apart.
+//!
+//! `POST /v1/check`: the filter asks before forwarding (`sync` layers). Hits are applied
+//! in order and the sidecar stops charging at the first rejection, so a rejected
+//! request never eats quota in a later layer.
+//!
+//! `POST /v1/report`: the filter reports hits it already admitted (`async` layers) and
+//! learns each counter's cluster-wide usage. Reported hits are always recorded, even
+//! past the limit, so every gateway sees the true total.
+//!
+//! Keys are opaque: a keyed hash computed by the filter, never an API key in clear.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Algorithm;
+
+/// Largest request body the sidecar accepts.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Most hits in one request.
+pub const MAX_HITS: usize = 4096;
+/// Header carrying the shared token when one is configured.
+pub const TOKEN_HEADER: &str = "x-rampart-token";
+
+/// The algorithm and its parameters, as the sidecar needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "snake_case")]
+pub enum Rule {
+    FixedWindow {
+        limit: u64,
+        window_ms: u64,
+    },
+    SlidingWindow {
+        limit: u64,
+        window_ms: u64,
+    },
+    TokenBucket {
+        limit: u64,
+        window_ms: u64,
+        burst: u64,
+    },
+}
+
+impl Rule {
+    /// `None` for concurrency, which stays node-local.
+    pub fn new(alg: &Algorithm, limit: u64, burst: u64) -> Option<Rule> {
+        match *alg {
+            Algorithm::FixedWindow { window_ms } => Some(Rule::FixedWindow { limit, window_ms }),
+            Algorithm::SlidingWindow { window_ms } => {
+                Some(Rule::SlidingWindow { limit, window_ms })
+            }
+            Algorithm::TokenBucket { window_ms, .. } => Some(Rule::TokenBucket {
+                limit,
+                window_ms,
+                burst,
+            }),
+            Algorithm::Concurrency => None,
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match *self {
+            Rule::FixedWindow { window_ms, .. } => Algorithm::FixedWindow { window_ms },
+            Rule::SlidingWindow { window_ms, .. } => Algorithm::SlidingWindow { window_ms },
+            Rule::TokenBucket {
+                window_ms, burst, ..
+            } => Algorithm::TokenBucket { window_ms, burst },
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        match *self {
+            Rule::FixedWindow { limit, .. }
+            | Rule::SlidingWindow { limit, .. }
+            | Rule::TokenBucket { limit, .. } => limit,
+        }
+    }
+
+    pub fn burst(&self) -> u64 {
+        match *self {
+            Rule::TokenBucket { burst, .. } => burst,
+            other => other.limit(),
+        }
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        match *self {
+            Rule::FixedWindow { window_ms, .. }
+            | Rule::SlidingWindow { window_ms, .. }
+            | Rule::TokenBucket { window_ms, .. } => window_ms,
+        }
+    }
+
+    /// Checks the numbers a client sent; the sidecar refuses a request with a bad rule.
+    pub fn validate(&self) -> Result<(), String> {
+        let (limit, window, burst) = (self.limit(), self.window_ms(), self.burst());
+        if limit == 0 || limit > crate::config::MAX_LIMIT {
+            return Err(format!(
+                "limit {limit} is out of range 1..={}",
+                crate::config::MAX_LIMIT
+            ));
+        }
+        if window == 0 || window > crate::config::MAX_WINDOW_MS {
+            return Err(format!(
+                "window_ms {window} is out of range 1..={}",
+                crate::config::MAX_WINDOW_MS
+            ));
+        }
+        if burst == 0 || burst > crate::config::MAX_LIMIT {
+            return Err(format!("burst {burst} is out of range"));
+        }
+        Ok(())
+    }
+}
+
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Opaque counter key (hex of a keyed hash), at most 128 characters.
+    pub key: String,
+    #[serde(flatten)]
+    pub rule: Rule,
+    /// Requests this hit stands for (async reports batch many).
+    #[serde(default = "one")]
+    pub cost: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+pub const MAX_KEY_LEN: usize = 128;
+
+impl Hit {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.key.is_empty()
+            || self.key.len() > MAX_KEY_LEN
+            || !self.key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ));
+        }
+        if self.cost == 0 || self.cost > crate::config::MAX_LIMIT {
+            return Err(format!("cost {} is out of range", self.cost));
+        }
+        self.rule.validate()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub hits: Vec<Hit>,
+}
+
+/// The answer for one hit, in the order of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_ms: u64,
+    pub retry_after_ms: u64,
+    /// Not evaluated because an earlier hit in the batch was rejected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes {
+    pub results: Vec<Outcome>,
+}
+
+impl Batch {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hits.is_empty() {
+            return Err("hits is empty".into());
+        }
+        if self.hits.len() > MAX_HITS {
+            return Err(format!("{} hits; the limit is {MAX_HITS}", self.hits.len()));
+        }
+        for (i, h) in self.hits.iter().enumerate() {
+            h.validate().map_err(|e| format!("hits[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_as_flat_json() {
+        let b = Batch {
+            hits: vec![Hit {
+                key: "ab12".into(),
+                rule: Rule::SlidingWindow {
+                    limit: 10,
+                    window_ms: 60_000,
+                },
+                cost: 1,
+            }],
+        };
+        let text = serde_json::to_string(&b).unwrap();
+        assert_eq!(
+            text,
+            r#"{"hits":[{"key":"ab12","algorithm":"sliding_window","limit":10,"window_ms":60000,"cost":1}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Batch>(&text).unwrap(), b);
+    }
+
+    #[test]
+    fn refuses_bad_hits() {
+        let bad = [
+            r#"{"hits":[]}"#,
+            r#"{"hits":[{"key":"","algorithm":"fixed_window","limit":1,"window_ms":1}]}"#,
+            r#"{"hits":[{"key":"k","algorithm":"fixed_window","limit":0,"window_ms":1}]}"#,
+            r#"{"hits":[{"key":"k","algorithm":"fixed_window","limit":1,"window_ms":0}]}"#,
+            r#"{"hits":[{"key":"k","algorithm":"fixed_window","limit":1,"window_ms":1,"cost":0}]}"#,
+            r#"{"hits":[{"key":"k k","algorithm":"fixed_window","limit":1,"window_ms":1}]}"#,
+        ];
+        for b in bad {
+            let parsed: Batch = serde_json::from_str(b).unwrap();
+            assert!(parsed.validate().is_err(), "{b}");
+        }
+        assert!(serde_json::from_str::<Batch>(
+            r#"{"hits":[{"key":"k","algorithm":"leaky","limit":1,"window_ms":1}]}"#
+        )
+        .is_err());
+    }
+}
