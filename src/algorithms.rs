@@ -44,7 +44,7 @@ impl Decision {
         Decision {
             allowed: true,
             limit,
-            remaining: capacity - granted,
+            remaining: capacity.saturating_sub(granted),
             reset_ns,
             retry_after_ns: 0,
             granted,
@@ -145,14 +145,7 @@ pub fn admit(
     now: u64,
     lease: bool,
 ) -> (Decision, Option<State>) {
-    charge(
-        alg,
-        limit,
-        burst,
-        raw,
-        now,
-        if lease { Want::Lease } else { Want::One },
-    )
+    charge(alg, limit, burst, raw, now, if lease { Want::Lease } else { Want::One })
 }
 
 /// The general form of `admit`: takes `want` tokens. `decision.granted` says how many
@@ -167,15 +160,9 @@ pub fn charge(
 ) -> (Decision, Option<State>) {
     let f = decode(alg, raw);
     match *alg {
-        Algorithm::FixedWindow { window_ms } => {
-            fixed(alg, window_ms * NS_PER_MS, limit, f, now, want)
-        }
-        Algorithm::SlidingWindow { window_ms } => {
-            sliding(alg, window_ms * NS_PER_MS, limit, f, now, want)
-        }
-        Algorithm::TokenBucket { window_ms, .. } => {
-            gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, want)
-        }
+        Algorithm::FixedWindow { window_ms } => fixed(alg, window_ms * NS_PER_MS, limit, f, now, want),
+        Algorithm::SlidingWindow { window_ms } => sliding(alg, window_ms * NS_PER_MS, limit, f, now, want),
+        Algorithm::TokenBucket { window_ms, .. } => gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, want),
         Algorithm::Concurrency => {
             // In-flight slots are returned one by one; they are never leased.
             let in_flight = f[0];
@@ -198,14 +185,7 @@ pub fn release(alg: &Algorithm, raw: Option<&[u8]>) -> Option<State> {
     (in_flight > 0).then(|| encode(alg, [in_flight - 1, 0, 0]))
 }
 
-fn fixed(
-    alg: &Algorithm,
-    w: u64,
-    limit: u64,
-    f: [u64; 3],
-    now: u64,
-    want: Want,
-) -> (Decision, Option<State>) {
+fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
     let count = if f[0] == win { f[1] } else { 0 };
@@ -224,14 +204,7 @@ fn fixed(
 /// Two-counter sliding window: the previous window's count weighted by how much of it
 /// still overlaps the sliding window, plus the current count. Assumes requests were
 /// spread evenly over the previous window; the error is bounded by that window's count.
-fn sliding(
-    alg: &Algorithm,
-    w: u64,
-    limit: u64,
-    f: [u64; 3],
-    now: u64,
-    want: Want,
-) -> (Decision, Option<State>) {
+fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want) -> (Decision, Option<State>) {
     let w = w.max(1);
     let win = now / w;
     let (cur, prev) = if f[0] == win {
@@ -252,10 +225,7 @@ fn sliding(
     let g = want.grant(capacity);
     let next = (g > 0).then(|| encode(alg, [win, cur.saturating_add(g), prev]));
     if capacity > 0 {
-        return (
-            Decision::allow(limit, capacity, g, reset_ns, (win + 1) * w),
-            next,
-        );
+        return (Decision::allow(limit, capacity, g, reset_ns, (win + 1) * w), next);
     }
     let retry_after_ns = if cur >= limit {
         // Wait into the next window, where `cur` becomes the weighted previous count.
@@ -297,10 +267,7 @@ fn gcra(
         // Leased tokens expire as fast as the bucket refills them, so a worker holding
         // a lease can never add a second burst on top of the bucket's own.
         let valid_until = now.saturating_add(t.saturating_mul(g));
-        (
-            Decision::allow(burst, capacity, g, new_tat - now, valid_until),
-            next,
-        )
+        (Decision::allow(burst, capacity, g, new_tat - now, valid_until), next)
     } else {
         let retry_after_ns = (tat.saturating_add(t) - tolerance).saturating_sub(now);
         (Decision::reject(burst, new_tat - now, retry_after_ns), next)
@@ -319,24 +286,10 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     /// Runs `n` requests at `now` through `alg`, threading state; returns how many passed.
-    fn run(
-        alg: &Algorithm,
-        limit: u64,
-        burst: u64,
-        state: &mut Option<State>,
-        now: u64,
-        n: u64,
-    ) -> u64 {
+    fn run(alg: &Algorithm, limit: u64, burst: u64, state: &mut Option<State>, now: u64, n: u64) -> u64 {
         let mut ok = 0;
         for _ in 0..n {
-            let (d, next) = admit(
-                alg,
-                limit,
-                burst,
-                state.as_ref().map(|s| &s[..]),
-                now,
-                false,
-            );
+            let (d, next) = admit(alg, limit, burst, state.as_ref().map(|s| &s[..]), now, false);
             if d.allowed {
                 ok += 1;
             }
@@ -356,11 +309,7 @@ mod tests {
         let (d, _) = admit(&alg, 5, 5, st.as_ref().map(|s| &s[..]), t0, false);
         assert!(!d.allowed);
         assert_eq!(ceil_secs(d.retry_after_ns), 50);
-        assert_eq!(
-            run(&alg, 5, 5, &mut st, t0 + 50 * S, 8),
-            5,
-            "new window starts fresh"
-        );
+        assert_eq!(run(&alg, 5, 5, &mut st, t0 + 50 * S, 8), 5, "new window starts fresh");
     }
 
     #[test]
@@ -409,11 +358,7 @@ mod tests {
         };
         let mut st = None;
         let t0 = 50 * S;
-        assert_eq!(
-            run(&alg, 10, 5, &mut st, t0, 20),
-            5,
-            "burst admits 5 at once"
-        );
+        assert_eq!(run(&alg, 10, 5, &mut st, t0, 20), 5, "burst admits 5 at once");
         // Rate 10/s: 100 ms buys exactly one more.
         assert_eq!(run(&alg, 10, 5, &mut st, t0 + S / 10, 3), 1);
         let (d, _) = admit(&alg, 10, 5, st.as_ref().map(|s| &s[..]), t0 + S / 10, false);
@@ -466,6 +411,19 @@ mod tests {
             assert_eq!(taken, 1_000, "{alg:?}: the whole quota, and not one more");
             assert!(rounds < 200, "{alg:?}: leases amortize ({rounds} rounds)");
         }
+    }
+
+    #[test]
+    fn record_counts_past_the_limit_and_up_to_takes_what_fits() {
+        let alg = Algorithm::FixedWindow { window_ms: 60_000 };
+        let (d, st) = charge(&alg, 5, 5, None, S, Want::Record(9));
+        assert_eq!((d.allowed, d.remaining), (true, 0));
+        let (d, _) = charge(&alg, 5, 5, st.as_ref().map(|s| &s[..]), S, Want::One);
+        assert!(!d.allowed, "nine recorded, five allowed: full");
+        let (d, st) = charge(&alg, 5, 5, None, S, Want::UpTo(3));
+        assert_eq!((d.granted, d.remaining), (3, 2));
+        let (d, _) = charge(&alg, 5, 5, st.as_ref().map(|s| &s[..]), S, Want::UpTo(3));
+        assert_eq!((d.granted, d.remaining), (2, 0));
     }
 
     #[test]

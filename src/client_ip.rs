@@ -64,10 +64,7 @@ pub fn parse_addr(raw: &[u8]) -> Option<IpAddr> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
         return Some(sa.ip());
     }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     bare.parse::<IpAddr>().ok()
 }
 
@@ -78,12 +75,7 @@ fn xff_entry(xff: &[u8], trusted_hops: u32) -> Option<IpAddr> {
 }
 
 /// Resolves the client address for a request.
-pub fn resolve(
-    source: IpSource,
-    ipv6_prefix: u8,
-    peer: Option<&[u8]>,
-    xff: Option<&[u8]>,
-) -> Option<ClientIp> {
+pub fn resolve(source: IpSource, ipv6_prefix: u8, peer: Option<&[u8]>, xff: Option<&[u8]>) -> Option<ClientIp> {
     let from_xff = match source {
         IpSource::Xff { trusted_hops } => xff.and_then(|x| xff_entry(x, trusted_hops)),
         IpSource::Peer => None,
@@ -104,14 +96,11 @@ mod tests {
 
     #[test]
     fn peer_strips_port() {
-        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3:55012"), None)
-            .map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3:55012"), None).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("10.1.2.3")));
-        let got = resolve(IpSource::Peer, 128, Some(b"[2001:db8::7]:443"), None)
-            .map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 128, Some(b"[2001:db8::7]:443"), None).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("2001:db8::7")));
-        let got =
-            resolve(IpSource::Peer, 64, Some(b"10.1.2.3"), None).map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3"), None).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("10.1.2.3")));
     }
 
@@ -129,19 +118,11 @@ mod tests {
     #[test]
     fn short_or_garbage_xff_falls_back_to_peer() {
         let src = IpSource::Xff { trusted_hops: 2 };
-        let got =
-            resolve(src, 64, Some(b"192.0.2.1:9"), Some(b"1.1.1.1")).map(|c| c.as_bytes().to_vec());
+        let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(b"1.1.1.1")).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("192.0.2.1")));
         let src = IpSource::Xff { trusted_hops: 0 };
-        for junk in [
-            &b"not-an-ip"[..],
-            b"",
-            b",,,",
-            b"\xff\xfe",
-            b"1.2.3.4\r\nx: y",
-        ] {
-            let got =
-                resolve(src, 64, Some(b"192.0.2.1:9"), Some(junk)).map(|c| c.as_bytes().to_vec());
+        for junk in [&b"not-an-ip"[..], b"", b",,,", b"\xff\xfe", b"1.2.3.4\r\nx: y"] {
+            let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(junk)).map(|c| c.as_bytes().to_vec());
             assert_eq!(got, Some(ip("192.0.2.1")), "{junk:?}");
         }
     }

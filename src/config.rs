@@ -98,10 +98,7 @@ impl<'a> Obj<'a> {
                 let shown = show(&Value::String(k.clone()));
                 return err(
                     obj.at(k),
-                    format!(
-                        "unknown field {shown}; expected one of: {}",
-                        allowed.join(", ")
-                    ),
+                    format!("unknown field {shown}; expected one of: {}", allowed.join(", ")),
                 );
             }
         }
@@ -134,8 +131,7 @@ impl<'a> Obj<'a> {
     }
 
     fn required_str(&self, k: &str) -> Result<&'a str> {
-        self.str(k)?
-            .map_or_else(|| err(self.at(k), "is required"), Ok)
+        self.str(k)?.map_or_else(|| err(self.at(k), "is required"), Ok)
     }
 
     fn choice(&self, k: &str, options: &[&'static str]) -> Result<Option<&'static str>> {
@@ -159,10 +155,7 @@ impl<'a> Obj<'a> {
         match self.get(k) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => err(
-                self.at(k),
-                format!("expected true or false, got {}", show(v)),
-            ),
+            Some(v) => err(self.at(k), format!("expected true or false, got {}", show(v))),
         }
     }
 
@@ -173,10 +166,7 @@ impl<'a> Obj<'a> {
         };
         match (v.as_u64(), v.as_i64()) {
             (Some(n), _) if (min..=max).contains(&n) => Ok(Some(n)),
-            (Some(_), _) | (None, Some(_)) => err(
-                self.at(k),
-                format!("{} is out of range {min}..={max}", show(v)),
-            ),
+            (Some(_), _) | (None, Some(_)) => err(self.at(k), format!("{} is out of range {min}..={max}", show(v))),
             _ => err(
                 self.at(k),
                 format!("expected a whole number in {min}..={max}, got {}", show(v)),
@@ -219,26 +209,18 @@ impl<'a> Obj<'a> {
 /// Parses and compiles the plugin configuration.
 pub fn compile(bytes: &[u8]) -> Result<Policy> {
     if bytes.len() > MAX_CONFIG_BYTES {
-        return err(
-            "",
-            format!("is {} bytes; the limit is {MAX_CONFIG_BYTES}", bytes.len()),
-        );
+        return err("", format!("is {} bytes; the limit is {MAX_CONFIG_BYTES}", bytes.len()));
     }
     let text = std::str::from_utf8(bytes).or_else(|e| err("", format!("is not UTF-8 ({e})")))?;
     if text.trim().is_empty() {
         return err("", "is empty; give at least {\"layers\": [...]}");
     }
-    let root: Value =
-        serde_json::from_str(text).or_else(|e| err("", format!("is not valid JSON ({e})")))?;
+    let root: Value = serde_json::from_str(text).or_else(|e| err("", format!("is not valid JSON ({e})")))?;
     compile_value(&root)
 }
 
 pub fn compile_value(root: &Value) -> Result<Policy> {
-    let top = Obj::new(
-        "",
-        root,
-        &["client_ip", "sidecar", "failure_mode", "headers", "layers"],
-    )?;
+    let top = Obj::new("", root, &["client_ip", "sidecar", "failure_mode", "headers", "layers"])?;
     let (ip_source, ipv6_prefix) = client_ip(&top)?;
     let sidecar = match top.get("sidecar") {
         None => None,
@@ -254,9 +236,7 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         Some("none") => HeaderMode::None,
         _ => HeaderMode::Draft,
     };
-    let layers_value = top
-        .get("layers")
-        .map_or_else(|| err("layers", "is required"), Ok)?;
+    let layers_value = top.get("layers").map_or_else(|| err("layers", "is required"), Ok)?;
     let Value::Array(items) = layers_value else {
         return err(
             "layers",
@@ -316,9 +296,7 @@ fn client_ip(top: &Obj) -> Result<(IpSource, u8)> {
     };
     let o = Obj::new("client_ip", v, &["from", "trusted_hops", "ipv6_prefix"])?;
     let hops = o.int("trusted_hops", 0, MAX_TRUSTED_HOPS)?;
-    let prefix = o
-        .int("ipv6_prefix", 1, 128)?
-        .map_or(DEFAULT_IPV6_PREFIX, |p| p as u8);
+    let prefix = o.int("ipv6_prefix", 1, 128)?.map_or(DEFAULT_IPV6_PREFIX, |p| p as u8);
     let source = match o.choice("from", &["peer", "xff"])? {
         Some("xff") => IpSource::Xff {
             trusted_hops: hops.unwrap_or(0) as u32,
@@ -350,9 +328,7 @@ fn sidecar(v: &Value) -> Result<Sidecar> {
             "must be a non-empty host name without spaces or control characters",
         );
     }
-    let timeout_ms = o
-        .duration("timeout", 1, 10_000)?
-        .unwrap_or(DEFAULT_SIDECAR_TIMEOUT_MS);
+    let timeout_ms = o.duration("timeout", 1, 10_000)?.unwrap_or(DEFAULT_SIDECAR_TIMEOUT_MS);
     let token = o.str("token")?;
     if let Some(t) = token {
         if t.is_empty() || t.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
@@ -415,12 +391,7 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
     let algorithm_name = o
         .choice(
             "algorithm",
-            &[
-                "fixed_window",
-                "sliding_window",
-                "token_bucket",
-                "concurrency",
-            ],
+            &["fixed_window", "sliding_window", "token_bucket", "concurrency"],
         )?
         .map_or_else(|| err(o.at("algorithm"), "is required"), Ok)?;
     let limit = o
@@ -439,10 +410,7 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
             Algorithm::Concurrency
         }
         other => {
-            let window_ms = window.map_or_else(
-                || err(o.at("window"), format!("is required for {other:?}")),
-                Ok,
-            )?;
+            let window_ms = window.map_or_else(|| err(o.at("window"), format!("is required for {other:?}")), Ok)?;
             match other {
                 "fixed_window" => Algorithm::FixedWindow { window_ms },
                 "sliding_window" => Algorithm::SlidingWindow { window_ms },
@@ -465,13 +433,9 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
         _ => Scope::Local,
     };
     let cluster = cluster_fields(&o, scope)?;
-    let status = o
-        .int("status", 400, 599)?
-        .map_or(DEFAULT_STATUS, |s| s as u16);
+    let status = o.int("status", 400, 599)?.map_or(DEFAULT_STATUS, |s| s as u16);
     let shadow = o.bool("shadow")?.unwrap_or(false);
-    let per_client = key
-        .iter()
-        .any(|k| !matches!(k, KeyPart::Global | KeyPart::Route));
+    let per_client = key.iter().any(|k| !matches!(k, KeyPart::Global | KeyPart::Route));
     let slots = match o.int("slots", 1, MAX_SLOTS)? {
         Some(_) if !per_client => {
             return err(
@@ -514,10 +478,7 @@ fn cluster_fields(o: &Obj, scope: Scope) -> Result<Option<Cluster>> {
     };
     let interval = o.duration("sync_interval", 10, 60_000)?;
     if interval.is_some() && sync == SyncMode::Sync {
-        return err(
-            o.at("sync_interval"),
-            "only applies with \"sync\": \"async\"",
-        );
+        return err(o.at("sync_interval"), "only applies with \"sync\": \"async\"");
     }
     let fallback_limit = match o.get("fallback") {
         None => None,
@@ -552,34 +513,21 @@ fn matcher(path: &str, v: &Value) -> Result<Match> {
         let Value::Array(items) = m else {
             return err(
                 o.at("methods"),
-                format!(
-                    "expected a list such as [\"GET\", \"POST\"], got {}",
-                    show(m)
-                ),
+                format!("expected a list such as [\"GET\", \"POST\"], got {}", show(m)),
             );
         };
         if items.is_empty() {
-            return err(
-                o.at("methods"),
-                "is empty; leave it out to match every method",
-            );
+            return err(o.at("methods"), "is empty; leave it out to match every method");
         }
         for (i, item) in items.iter().enumerate() {
             match item.as_str() {
-                Some(s)
-                    if !s.is_empty()
-                        && s.len() <= 32
-                        && s.bytes().all(|b| b.is_ascii_uppercase()) =>
-                {
+                Some(s) if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_uppercase()) => {
                     methods.push(s.to_string())
                 }
                 _ => {
                     return err(
                         format!("{}[{i}]", o.at("methods")),
-                        format!(
-                            "{} is not an upper-case HTTP method such as \"GET\"",
-                            show(item)
-                        ),
+                        format!("{} is not an upper-case HTTP method such as \"GET\"", show(item)),
                     )
                 }
             }
@@ -604,10 +552,7 @@ fn key_part(path: &str, v: &Value) -> Result<KeyPart> {
     let Some(s) = v.as_str() else {
         return err(
             path,
-            format!(
-                "expected a key such as \"ip\" or \"header:x-api-key\", got {}",
-                show(v)
-            ),
+            format!("expected a key such as \"ip\" or \"header:x-api-key\", got {}", show(v)),
         );
     };
     let part = match s {
@@ -621,15 +566,8 @@ fn key_part(path: &str, v: &Value) -> Result<KeyPart> {
                 }
                 KeyPart::Header(h.to_ascii_lowercase())
             } else if let Some(q) = s.strip_prefix("query:") {
-                if q.is_empty()
-                    || q.len() > 128
-                    || q.bytes()
-                        .any(|b| b <= b' ' || b"&=#".contains(&b) || b >= 0x7f)
-                {
-                    return err(
-                        path,
-                        format!("{} does not name a valid query parameter", show(v)),
-                    );
+                if q.is_empty() || q.len() > 128 || q.bytes().any(|b| b <= b' ' || b"&=#".contains(&b) || b >= 0x7f) {
+                    return err(path, format!("{} does not name a valid query parameter", show(v)));
                 }
                 KeyPart::Query(q.to_string())
             } else {
@@ -656,19 +594,13 @@ fn key_spec(path: &str, v: Option<&Value>) -> Result<Vec<KeyPart>> {
                 return err(path, "is an empty list; give at least one key part");
             }
             if items.len() > MAX_KEY_PARTS {
-                return err(
-                    path,
-                    format!("has {} parts; the limit is {MAX_KEY_PARTS}", items.len()),
-                );
+                return err(path, format!("has {} parts; the limit is {MAX_KEY_PARTS}", items.len()));
             }
             let mut parts = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let p = key_part(&format!("{path}[{i}]"), item)?;
                 if parts.contains(&p) {
-                    return err(
-                        format!("{path}[{i}]"),
-                        format!("{} appears twice", show(item)),
-                    );
+                    return err(format!("{path}[{i}]"), format!("{} appears twice", show(item)));
                 }
                 parts.push(p);
             }
@@ -687,10 +619,7 @@ fn tiers(path: &str, v: &Value, algorithm: &Algorithm) -> Result<Tiers> {
         _ => {
             return err(
                 o.at("from"),
-                format!(
-                    "{} must be \"header:<name>\"",
-                    show(&Value::String(from.into()))
-                ),
+                format!("{} must be \"header:<name>\"", show(&Value::String(from.into()))),
             )
         }
     };
@@ -703,9 +632,7 @@ fn tiers(path: &str, v: &Value, algorithm: &Algorithm) -> Result<Tiers> {
         },
         Ok,
     )?;
-    let limits = o
-        .get("limits")
-        .map_or_else(|| err(o.at("limits"), "is required"), Ok)?;
+    let limits = o.get("limits").map_or_else(|| err(o.at("limits"), "is required"), Ok)?;
     let Value::Object(map) = limits else {
         return err(
             o.at("limits"),
@@ -754,8 +681,7 @@ fn tiers(path: &str, v: &Value, algorithm: &Algorithm) -> Result<Tiers> {
 fn needs(layers: &[Layer]) -> Needs {
     let mut n = Needs::default();
     for l in layers {
-        n.path |=
-            l.matcher.path_prefix.is_some() || l.key.iter().any(|k| matches!(k, KeyPart::Query(_)));
+        n.path |= l.matcher.path_prefix.is_some() || l.key.iter().any(|k| matches!(k, KeyPart::Query(_)));
         n.method |= !l.matcher.methods.is_empty();
         n.ip |= l.key.contains(&KeyPart::Ip);
     }

@@ -114,15 +114,11 @@ impl Facts {
     }
 
     fn path<H: Host>(&mut self, host: &mut H) -> Option<&[u8]> {
-        self.path
-            .get_or_insert_with(|| host.header(":path"))
-            .as_deref()
+        self.path.get_or_insert_with(|| host.header(":path")).as_deref()
     }
 
     fn method<H: Host>(&mut self, host: &mut H) -> Option<&[u8]> {
-        self.method
-            .get_or_insert_with(|| host.header(":method"))
-            .as_deref()
+        self.method.get_or_insert_with(|| host.header(":method")).as_deref()
     }
 
     fn ip<H: Host>(&mut self, host: &mut H, source: IpSource, ipv6_prefix: u8) -> Option<ClientIp> {
@@ -147,11 +143,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(policy: Policy, seed: Seed) -> Self {
         let prefixes = policy.layers.iter().map(slots::prefix).collect();
-        Engine {
-            policy,
-            seed,
-            prefixes,
-        }
+        Engine { policy, seed, prefixes }
     }
 
     /// The shared-data key of one slot of one layer.
@@ -199,10 +191,7 @@ impl Engine {
                 continue;
             };
             let slot = slots::index(hash, layer.slots);
-            let tier = layer
-                .tiers
-                .as_ref()
-                .and_then(|t| host.header(&t.from_header));
+            let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
             let mut lease = leases.get(i, slot);
             let decision = match lease.as_mut().and_then(|l| l.take(now_ns, limit)) {
@@ -259,9 +248,7 @@ impl Engine {
                 continue;
             };
             let key = self.slot_key(h.layer, h.slot);
-            let released = update(host, &key, |raw| {
-                ((), algorithms::release(&layer.algorithm, raw))
-            });
+            let released = update(host, &key, |raw| ((), algorithms::release(&layer.algorithm, raw)));
             if released.is_err() {
                 host.count(h.layer, Event::StoreError);
             }
@@ -287,13 +274,7 @@ impl Engine {
     }
 
     /// Hashes the layer's key for this request; `None` when a part is missing.
-    fn key_hash<H: Host>(
-        &self,
-        index: usize,
-        layer: &Layer,
-        facts: &mut Facts,
-        host: &mut H,
-    ) -> Option<u64> {
+    fn key_hash<H: Host>(&self, index: usize, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<u64> {
         let mut h = self.seed.hasher(index as u64);
         for part in &layer.key {
             match part {
@@ -308,8 +289,7 @@ impl Engine {
                     slots::write_part(&mut h, 4, &v);
                 }
                 KeyPart::Query(name) => {
-                    let v = query::param(facts.path(host)?, name.as_bytes())
-                        .filter(|v| !v.is_empty())?;
+                    let v = query::param(facts.path(host)?, name.as_bytes()).filter(|v| !v.is_empty())?;
                     slots::write_part(&mut h, 5, &v);
                 }
             }
@@ -340,13 +320,7 @@ impl Engine {
         }
     }
 
-    fn reject_missing<H: Host>(
-        &self,
-        i: usize,
-        layer: &Layer,
-        host: &mut H,
-        verdict: &mut Verdict,
-    ) {
+    fn reject_missing<H: Host>(&self, i: usize, layer: &Layer, host: &mut H, verdict: &mut Verdict) {
         host.count(i, Event::Rejected);
         self.release(host, &mut verdict.held);
         verdict.rejection = Some(Rejection {

@@ -12,17 +12,12 @@ fn header<'a>(hs: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn ip_layer_rejects_over_limit_with_headers_and_body() {
-    let e = engine(
-        r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":3,"window":"1m"}]}"#,
-    );
+    let e = engine(r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":3,"window":"1m"}]}"#);
     let mut host = FakeHost::new().with_peer("10.0.0.1:4000");
     for remaining in ["2", "1", "0"] {
         let v = e.check(&mut host, T0);
         assert!(v.rejection.is_none());
-        assert_eq!(
-            header(&v.response_headers, "x-ratelimit-remaining"),
-            Some(remaining)
-        );
+        assert_eq!(header(&v.response_headers, "x-ratelimit-remaining"), Some(remaining));
         assert_eq!(header(&v.response_headers, "x-ratelimit-limit"), Some("3"));
     }
     let v = e.check(&mut host, T0);
@@ -33,10 +28,7 @@ fn ip_layer_rejects_over_limit_with_headers_and_body() {
         Some("20"),
         "T0 is 20 s before the window ends"
     );
-    assert_eq!(
-        r.body,
-        r#"{"error":"rate_limited","layer":"edge","retry_after":20}"#
-    );
+    assert_eq!(r.body, r#"{"error":"rate_limited","layer":"edge","retry_after":20}"#);
     assert_eq!(host.count_of(0, Event::Allowed), 3);
     assert_eq!(host.count_of(0, Event::Rejected), 1);
     // Another client has its own counter.
@@ -72,10 +64,7 @@ fn headers_report_the_most_restrictive_layer() {
     );
     let v = e.check(&mut FakeHost::new(), T0);
     assert_eq!(header(&v.response_headers, "x-ratelimit-limit"), Some("5"));
-    assert_eq!(
-        header(&v.response_headers, "x-ratelimit-remaining"),
-        Some("4")
-    );
+    assert_eq!(header(&v.response_headers, "x-ratelimit-remaining"), Some("4"));
     assert_eq!(
         header(&v.response_headers, "ratelimit-policy"),
         Some("\"tight\";q=5;w=10")
@@ -99,10 +88,7 @@ fn missing_key_skips_or_denies() {
     let deny = engine(
         r#"{"layers":[{"name":"k","key":"header:x-api-key","missing":"deny","status":401,"algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
     );
-    let r = deny
-        .check(&mut FakeHost::new(), T0)
-        .rejection
-        .expect("denied");
+    let r = deny.check(&mut FakeHost::new(), T0).rejection.expect("denied");
     assert_eq!(r.status, 401);
     assert!(r.body.contains("missing_key"));
     // An empty header value is as missing as an absent one.
@@ -143,18 +129,12 @@ fn tiers_pick_limits_from_a_header() {
         if let Some(p) = plan {
             host.set_header("x-plan", p);
         }
-        (0..10)
-            .filter(|_| e.check(&mut host, T0).rejection.is_none())
-            .count()
+        (0..10).filter(|_| e.check(&mut host, T0).rejection.is_none()).count()
     };
     assert_eq!(run(Some(b"paid")), 5);
     assert_eq!(run(Some(b"free")), 2);
     assert_eq!(run(None), 2, "absent plan uses the default tier");
-    assert_eq!(
-        run(Some(b"platinum\r\n")),
-        2,
-        "unknown plan uses the default tier"
-    );
+    assert_eq!(run(Some(b"platinum\r\n")), 2, "unknown plan uses the default tier");
 }
 
 #[test]
@@ -179,10 +159,7 @@ fn match_limits_layers_to_paths_and_methods() {
         .with_header(":path", b"/orders/1")
         .with_header(":method", b"POST");
     assert!(e.check(&mut host, T0).rejection.is_none());
-    assert_eq!(
-        e.check(&mut host, T0).rejection.map(|r| r.status),
-        Some(503)
-    );
+    assert_eq!(e.check(&mut host, T0).rejection.map(|r| r.status), Some(503));
     host.set_header(":method", b"GET");
     assert!(e.check(&mut host, T0).rejection.is_none());
     host.set_header(":method", b"POST");
@@ -202,10 +179,7 @@ fn concurrency_is_held_until_released_and_released_on_later_rejection() {
     let b = e.check(&mut host, T0);
     assert_eq!(a.held.len(), 1);
     assert_eq!(b.held.len(), 1);
-    assert!(
-        e.check(&mut host, T0).rejection.is_some(),
-        "two in flight already"
-    );
+    assert!(e.check(&mut host, T0).rejection.is_some(), "two in flight already");
     e.release(&mut host, &mut a.held);
     e.release(&mut host, &mut a.held); // a second release is a no-op
     assert!(a.held.is_empty());
@@ -224,16 +198,11 @@ fn concurrency_is_held_until_released_and_released_on_later_rejection() {
 
 #[test]
 fn contention_is_retried_and_store_failure_fails_open() {
-    let e = engine(
-        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#,
-    );
+    let e = engine(r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1,"window":"1m"}]}"#);
     let mut host = FakeHost::new();
     host.shared.force_mismatch = 3;
     assert!(e.check(&mut host, T0).rejection.is_none());
-    assert!(
-        e.check(&mut host, T0).rejection.is_some(),
-        "the retried write landed"
-    );
+    assert!(e.check(&mut host, T0).rejection.is_some(), "the retried write landed");
     let t1 = T0 + 60 * S;
     host.shared.force_mismatch = MAX_CAS_ATTEMPTS + 1;
     assert!(
@@ -254,9 +223,7 @@ fn contention_is_retried_and_store_failure_fails_open() {
 
 #[test]
 fn leases_amortize_shared_data_and_stay_exact_across_workers() {
-    let a = engine(
-        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1000,"window":"1m"}]}"#,
-    );
+    let a = engine(r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":1000,"window":"1m"}]}"#);
     let b = a.sibling();
     let mut host = FakeHost::new();
     let mut admitted = 0;
@@ -272,19 +239,14 @@ fn leases_amortize_shared_data_and_stay_exact_across_workers() {
         }
     }
     assert_eq!(admitted, 1_000, "exactly the limit across two workers");
-    assert!(
-        last_cas < 100,
-        "1,000 requests took {last_cas} shared writes"
-    );
+    assert!(last_cas < 100, "1,000 requests took {last_cas} shared writes");
     let v = a.check(&mut host, T0);
     assert_eq!(v.rejection.map(|r| r.status), Some(429));
 }
 
 #[test]
 fn remembered_rejection_ends_at_retry_after() {
-    let e = engine(
-        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":2,"window":"1m"}]}"#,
-    );
+    let e = engine(r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":2,"window":"1m"}]}"#);
     let mut host = FakeHost::new();
     e.check(&mut host, T0);
     e.check(&mut host, T0);
@@ -300,15 +262,8 @@ fn remembered_rejection_ends_at_retry_after() {
     for _ in 0..10 {
         assert!(e.check(&mut host, T0 + 5 * S).rejection.is_some());
     }
-    assert_eq!(
-        host.shared.gets,
-        gets + 1,
-        "only the first rejection read shared data"
-    );
-    assert!(
-        e.check(&mut host, T0 + 20 * S).rejection.is_none(),
-        "a new window"
-    );
+    assert_eq!(host.shared.gets, gets + 1, "only the first rejection read shared data");
+    assert!(e.check(&mut host, T0 + 20 * S).rejection.is_none(), "a new window");
 }
 
 #[test]
@@ -336,12 +291,8 @@ fn slot_table_is_the_whole_footprint() {
     );
     let mut host = FakeHost::new();
     for i in 0..5_000u32 {
-        host.next_request().set_peer(&format!(
-            "10.{}.{}.{}:1",
-            i >> 16 & 255,
-            i >> 8 & 255,
-            i & 255
-        ));
+        host.next_request()
+            .set_peer(&format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255));
         e.check(&mut host, T0);
     }
     let all: std::collections::HashSet<String> = e.all_slot_keys().collect();
@@ -351,9 +302,7 @@ fn slot_table_is_the_whole_footprint() {
 
 #[test]
 fn request_reads_only_what_layers_need() {
-    let e = engine(
-        r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":5,"window":"1m"}]}"#,
-    );
+    let e = engine(r#"{"layers":[{"name":"g","key":"global","algorithm":"fixed_window","limit":5,"window":"1m"}]}"#);
     let mut host = FakeHost::new();
     e.check(&mut host, T0);
     assert_eq!(host.header_reads, 0);

@@ -33,10 +33,7 @@ pub fn render(mode: HeaderMode, report: &Report) -> Vec<(&'static str, String)> 
         out.push(("ratelimit-policy", policy));
         out.push((
             "ratelimit",
-            format!(
-                "\"{}\";r={};t={}",
-                report.layer, report.remaining, report.reset_s
-            ),
+            format!("\"{}\";r={};t={}", report.layer, report.remaining, report.reset_s),
         ));
     }
     out

@@ -93,9 +93,7 @@ pub struct Leases {
 impl Leases {
     pub fn new(slots_per_layer: impl Iterator<Item = u32>) -> Leases {
         Leases {
-            layers: slots_per_layer
-                .map(|n| vec![Lease::default(); n as usize])
-                .collect(),
+            layers: slots_per_layer.map(|n| vec![Lease::default(); n as usize]).collect(),
         }
     }
 

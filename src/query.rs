@@ -2,10 +2,7 @@
 
 /// The decoded value of the first `name` parameter in a request path, if present.
 pub fn param(path: &[u8], name: &[u8]) -> Option<Vec<u8>> {
-    let q = path
-        .iter()
-        .position(|b| *b == b'?')
-        .map(|i| &path[i + 1..])?;
+    let q = path.iter().position(|b| *b == b'?').map(|i| &path[i + 1..])?;
     let q = q.split(|b| *b == b'#').next().unwrap_or(q);
     q.split(|b| *b == b'&').find_map(|pair| {
         let (k, v) = match pair.iter().position(|b| *b == b'=') {

@@ -60,20 +60,14 @@ impl FakeHost {
     }
 
     pub fn count_of(&self, layer: usize, event: Event) -> u64 {
-        self.counts
-            .get(&(layer, event.index()))
-            .copied()
-            .unwrap_or(0)
+        self.counts.get(&(layer, event.index())).copied().unwrap_or(0)
     }
 }
 
 impl Host for FakeHost {
     fn header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.header_reads += 1;
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
 
     fn peer_address(&mut self) -> Option<Vec<u8>> {
@@ -150,8 +144,7 @@ const SEED: Seed = Seed { k0: 7, k1: 11 };
 
 /// A worker for a JSON policy, with a fixed seed.
 pub fn engine(json: &str) -> Worker {
-    let policy = crate::config::compile(json.as_bytes())
-        .unwrap_or_else(|e| panic!("test config refused: {e}"));
+    let policy = crate::config::compile(json.as_bytes()).unwrap_or_else(|e| panic!("test config refused: {e}"));
     let engine = Engine::new(policy, SEED);
     Worker {
         leases: RefCell::new(engine.leases()),

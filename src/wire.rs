@@ -23,22 +23,12 @@ pub const MAX_HITS: usize = 4096;
 pub const TOKEN_HEADER: &str = "x-rampart-token";
 
 /// The algorithm and its parameters, as the sidecar needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "algorithm", rename_all = "snake_case")]
 pub enum Rule {
-    FixedWindow {
-        limit: u64,
-        window_ms: u64,
-    },
-    SlidingWindow {
-        limit: u64,
-        window_ms: u64,
-    },
-    TokenBucket {
-        limit: u64,
-        window_ms: u64,
-        burst: u64,
-    },
+    FixedWindow { limit: u64, window_ms: u64 },
+    SlidingWindow { limit: u64, window_ms: u64 },
+    TokenBucket { limit: u64, window_ms: u64, burst: u64 },
 }
 
 impl Rule {
@@ -46,9 +36,7 @@ impl Rule {
     pub fn new(alg: &Algorithm, limit: u64, burst: u64) -> Option<Rule> {
         match *alg {
             Algorithm::FixedWindow { window_ms } => Some(Rule::FixedWindow { limit, window_ms }),
-            Algorithm::SlidingWindow { window_ms } => {
-                Some(Rule::SlidingWindow { limit, window_ms })
-            }
+            Algorithm::SlidingWindow { window_ms } => Some(Rule::SlidingWindow { limit, window_ms }),
             Algorithm::TokenBucket { window_ms, .. } => Some(Rule::TokenBucket {
                 limit,
                 window_ms,
@@ -62,17 +50,15 @@ impl Rule {
         match *self {
             Rule::FixedWindow { window_ms, .. } => Algorithm::FixedWindow { window_ms },
             Rule::SlidingWindow { window_ms, .. } => Algorithm::SlidingWindow { window_ms },
-            Rule::TokenBucket {
-                window_ms, burst, ..
-            } => Algorithm::TokenBucket { window_ms, burst },
+            Rule::TokenBucket { window_ms, burst, .. } => Algorithm::TokenBucket { window_ms, burst },
         }
     }
 
     pub fn limit(&self) -> u64 {
         match *self {
-            Rule::FixedWindow { limit, .. }
-            | Rule::SlidingWindow { limit, .. }
-            | Rule::TokenBucket { limit, .. } => limit,
+            Rule::FixedWindow { limit, .. } | Rule::SlidingWindow { limit, .. } | Rule::TokenBucket { limit, .. } => {
+                limit
+            }
         }
     }
 
@@ -133,13 +119,8 @@ pub const MAX_KEY_LEN: usize = 128;
 
 impl Hit {
     pub fn validate(&self) -> Result<(), String> {
-        if self.key.is_empty()
-            || self.key.len() > MAX_KEY_LEN
-            || !self.key.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(format!(
-                "key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
-            ));
+        if self.key.is_empty() || self.key.len() > MAX_KEY_LEN || !self.key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("key must be 1 to {MAX_KEY_LEN} visible ASCII characters"));
         }
         if self.cost == 0 || self.cost > crate::config::MAX_LIMIT {
             return Err(format!("cost {} is out of range", self.cost));
@@ -225,9 +206,9 @@ mod tests {
             let parsed: Batch = serde_json::from_str(b).unwrap();
             assert!(parsed.validate().is_err(), "{b}");
         }
-        assert!(serde_json::from_str::<Batch>(
-            r#"{"hits":[{"key":"k","algorithm":"leaky","limit":1,"window_ms":1}]}"#
-        )
-        .is_err());
+        assert!(
+            serde_json::from_str::<Batch>(r#"{"hits":[{"key":"k","algorithm":"leaky","limit":1,"window_ms":1}]}"#)
+                .is_err()
+        );
     }
 }

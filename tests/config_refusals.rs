@@ -4,8 +4,7 @@
 use rampart::config::compile;
 
 /// A valid layer that each case mutates.
-const OK_LAYER: &str =
-    r#"{"name":"edge","key":"ip","algorithm":"fixed_window","limit":10,"window":"1m"}"#;
+const OK_LAYER: &str = r#"{"name":"edge","key":"ip","algorithm":"fixed_window","limit":10,"window":"1m"}"#;
 
 fn with_layer(layer: &str) -> String {
     format!(r#"{{"layers":[{layer}]}}"#)
@@ -30,21 +29,9 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         ),
         // Layer fields.
         (l(r#""extra":true"#), "layers[0].extra:", "unknown field"),
-        (
-            replace(r#""name":"edge","#, ""),
-            "layers[0].name:",
-            "required",
-        ),
-        (
-            replace(r#""edge""#, r#""has space""#),
-            "layers[0].name:",
-            "A-Z",
-        ),
-        (
-            replace(r#""edge""#, "7"),
-            "layers[0].name:",
-            "expected a string",
-        ),
+        (replace(r#""name":"edge","#, ""), "layers[0].name:", "required"),
+        (replace(r#""edge""#, r#""has space""#), "layers[0].name:", "A-Z"),
+        (replace(r#""edge""#, "7"), "layers[0].name:", "expected a string"),
         (
             format!(r#"{{"layers":[{OK_LAYER},{OK_LAYER}]}}"#),
             "layers[1].name:",
@@ -70,36 +57,16 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "layers[0].limit:",
             "whole number",
         ),
-        (
-            replace(r#","limit":10"#, ""),
-            "layers[0].limit:",
-            "required",
-        ),
+        (replace(r#","limit":10"#, ""), "layers[0].limit:", "required"),
         (
             replace(r#""1m""#, r#""1x""#),
             "layers[0].window:",
             "\"1x\" is not a duration",
         ),
-        (
-            replace(r#""1m""#, "60"),
-            "layers[0].window:",
-            "duration string",
-        ),
-        (
-            replace(r#""1m""#, r#""0s""#),
-            "layers[0].window:",
-            "out of range",
-        ),
-        (
-            replace(r#","window":"1m""#, ""),
-            "layers[0].window:",
-            "required",
-        ),
-        (
-            replace("fixed_window", "leaky"),
-            "layers[0].algorithm:",
-            "not one of",
-        ),
+        (replace(r#""1m""#, "60"), "layers[0].window:", "duration string"),
+        (replace(r#""1m""#, r#""0s""#), "layers[0].window:", "out of range"),
+        (replace(r#","window":"1m""#, ""), "layers[0].window:", "required"),
+        (replace("fixed_window", "leaky"), "layers[0].algorithm:", "not one of"),
         (
             replace(r#""key":"ip""#, r#""key":"cookie:x""#),
             "layers[0].key:",
@@ -115,11 +82,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "layers[0].key:",
             "valid header",
         ),
-        (
-            replace(r#""key":"ip""#, r#""key":[]"#),
-            "layers[0].key:",
-            "empty list",
-        ),
+        (replace(r#""key":"ip""#, r#""key":[]"#), "layers[0].key:", "empty list"),
         (
             replace(r#""key":"ip""#, r#""key":["ip","ip"]"#),
             "layers[0].key[1]:",
@@ -138,18 +101,10 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (l(r#""burst":5"#), "layers[0].burst:", "token_bucket"),
         (l(r#""status":200"#), "layers[0].status:", "out of range"),
         (l(r#""shadow":"yes""#), "layers[0].shadow:", "true or false"),
-        (
-            l(r#""missing":"maybe""#),
-            "layers[0].missing:",
-            "not one of",
-        ),
+        (l(r#""missing":"maybe""#), "layers[0].missing:", "not one of"),
         (l(r#""scope":"planet""#), "layers[0].scope:", "not one of"),
         (l(r#""sync":"sync""#), "layers[0].sync:", "scope"),
-        (
-            l(r#""fallback":{"limit":3}"#),
-            "layers[0].fallback:",
-            "scope",
-        ),
+        (l(r#""fallback":{"limit":3}"#), "layers[0].fallback:", "scope"),
         (l(r#""scope":"cluster""#), "layers[0].scope:", "sidecar"),
         (l(r#""slots":0"#), "layers[0].slots:", "out of range"),
         (
@@ -167,16 +122,8 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "layers[0].match.methods[0]:",
             "upper-case",
         ),
-        (
-            l(r#""match":{"methods":[]}"#),
-            "layers[0].match.methods:",
-            "empty",
-        ),
-        (
-            l(r#""match":{"host":"x"}"#),
-            "layers[0].match.host:",
-            "unknown field",
-        ),
+        (l(r#""match":{"methods":[]}"#), "layers[0].match.methods:", "empty"),
+        (l(r#""match":{"host":"x"}"#), "layers[0].match.host:", "unknown field"),
         (
             l(r#""tiers":{"from":"header:x-plan","limits":{"free":{"limit":1}}}"#),
             "layers[0].tiers.default:",
@@ -208,9 +155,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "unknown field",
         ),
         (
-            with_layer(
-                r#"{"name":"c","key":"route","algorithm":"concurrency","limit":5,"window":"1s"}"#,
-            ),
+            with_layer(r#"{"name":"c","key":"route","algorithm":"concurrency","limit":5,"window":"1s"}"#),
             "layers[0].window:",
             "in flight",
         ),
@@ -246,9 +191,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "required",
         ),
         (
-            format!(
-                r#"{{"sidecar":{{"upstream":"s","timeout":"forever"}},"layers":[{OK_LAYER}]}}"#
-            ),
+            format!(r#"{{"sidecar":{{"upstream":"s","timeout":"forever"}},"layers":[{OK_LAYER}]}}"#),
             "sidecar.timeout:",
             "not a duration",
         ),
@@ -269,10 +212,7 @@ fn malformed_configs_are_refused_with_path_and_reason() {
             Ok(_) => panic!("accepted a bad config: {text}"),
             Err(e) => e.to_string(),
         };
-        assert!(
-            err.starts_with(path),
-            "for {text}\n  got: {err}\n  want path: {path}"
-        );
+        assert!(err.starts_with(path), "for {text}\n  got: {err}\n  want path: {path}");
         assert!(
             err.contains(reason),
             "for {text}\n  got: {err}\n  want reason containing: {reason}"
@@ -283,10 +223,7 @@ fn malformed_configs_are_refused_with_path_and_reason() {
 
 #[test]
 fn non_utf8_and_oversized_configs_are_refused() {
-    let err = compile(b"{\"layers\": \xff}")
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let err = compile(b"{\"layers\": \xff}").map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("UTF-8"), "{err}");
     let big = vec![b' '; rampart::config::MAX_CONFIG_BYTES + 1];
     let err = compile(&big).map(|_| ()).unwrap_err().to_string();
@@ -297,10 +234,7 @@ fn non_utf8_and_oversized_configs_are_refused() {
 fn hostile_values_are_shortened_in_errors() {
     let long = "x".repeat(10_000);
     let text = with_layer(&OK_LAYER.replace(r#""1m""#, &format!("\"{long}\"")));
-    let err = compile(text.as_bytes())
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let err = compile(text.as_bytes()).map(|_| ()).unwrap_err().to_string();
     assert!(err.len() < 300, "error line is {} bytes", err.len());
 }
 
@@ -339,10 +273,7 @@ fn the_full_design_example_with_cluster_layers_is_refused_only_for_scope() {
           "fallback": { "limit": 200 } }
       ]
     }"#;
-    let err = compile(text.as_bytes())
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let err = compile(text.as_bytes()).map(|_| ()).unwrap_err().to_string();
     assert!(err.starts_with("layers[0].scope:"), "{err}");
     assert!(err.contains("sidecar"), "{err}");
 }

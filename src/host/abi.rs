@@ -68,12 +68,7 @@ extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> Status;
-    fn proxy_define_metric(
-        metric_type: u32,
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> Status;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> Status;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
 }
@@ -110,25 +105,20 @@ pub fn log(level: u32, message: &str) {
 pub fn plugin_configuration(size: usize) -> Result<Option<Vec<u8>>, Status> {
     let (mut data, mut len) = (null_mut(), 0usize);
     // SAFETY: out-pointers are valid locals.
-    let status = unsafe {
-        proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len)
-    };
+    let status = unsafe { proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
     found(status, data, len)
 }
 
 pub fn header(map: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
     let (mut data, mut len) = (null_mut(), 0usize);
     // SAFETY: name is a live &str; out-pointers are valid locals.
-    let status =
-        unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut len) };
+    let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut len) };
     found(status, data, len)
 }
 
 pub fn add_header(map: u32, name: &str, value: &str) -> Status {
     // SAFETY: both slices are live for the call.
-    unsafe {
-        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
-    }
+    unsafe { proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
 }
 
 /// A property by its path segments, e.g. `["source", "address"]`.
@@ -142,8 +132,7 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     }
     let (mut data, mut len) = (null_mut(), 0usize);
     // SAFETY: encoded is live for the call; out-pointers are valid locals.
-    let status =
-        unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut len) };
+    let status = unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut len) };
     found(status, data, len)
 }
 
@@ -151,8 +140,7 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
 pub fn shared_get(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
     let (mut data, mut len, mut cas) = (null_mut(), 0usize, 0u32);
     // SAFETY: key is live; out-pointers are valid locals.
-    let status =
-        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas) };
+    let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas) };
     match status {
         NOT_FOUND => Ok((None, 0)),
         _ => Ok((found(status, data, len)?, cas)),
@@ -160,11 +148,7 @@ pub fn shared_get(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
 }
 
 pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Status {
-    let ptr = if value.is_empty() {
-        null()
-    } else {
-        value.as_ptr()
-    };
+    let ptr = if value.is_empty() { null() } else { value.as_ptr() };
     // SAFETY: key and value are live for the call.
     unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), ptr, value.len(), cas) }
 }
@@ -172,10 +156,7 @@ pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Status {
 /// Encodes headers the way the ABI expects: count, then (name len, value len) pairs,
 /// then each name and value NUL-terminated.
 fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + headers
-        .iter()
-        .map(|(n, v)| 10 + n.len() + v.len())
-        .sum::<usize>();
+    let size = 4 + headers.iter().map(|(n, v)| 10 + n.len() + v.len()).sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
     for (n, v) in headers {
@@ -191,12 +172,7 @@ fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-pub fn send_local_response(
-    status: u16,
-    details: &str,
-    body: &[u8],
-    headers: &[(&str, &str)],
-) -> Status {
+pub fn send_local_response(status: u16, details: &str, body: &[u8], headers: &[(&str, &str)]) -> Status {
     let encoded = encode_headers(headers);
     // SAFETY: all slices are live for the call. -1: not a gRPC response.
     unsafe {

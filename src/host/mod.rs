@@ -117,10 +117,7 @@ impl RootContext for Root {
         if abi::set_tick_period_ms(METRICS_FLUSH_MS) != OK {
             log::info!("rampart: this host has no tick; metrics are published every {METRICS_FLUSH_AFTER} counts");
         }
-        log::info!(
-            "rampart: configured {} layer(s)",
-            engine.policy.layers.len()
-        );
+        log::info!("rampart: configured {} layer(s)", engine.policy.layers.len());
         let pending = PendingMetrics {
             counts: vec![[0; EVENTS.len()]; engine.policy.layers.len()],
             total: 0,
@@ -176,14 +173,10 @@ fn shared_seed() -> Result<Seed, String> {
         return Ok(seed);
     }
     let mut fresh = [0u8; crate::slots::SEED_LEN];
-    getrandom::getrandom(&mut fresh)
-        .map_err(|e| format!("no randomness for the hash seed: {e}"))?;
+    getrandom::getrandom(&mut fresh).map_err(|e| format!("no randomness for the hash seed: {e}"))?;
     let status = abi::shared_set(SEED_KEY, &fresh, 0);
     if status != OK {
-        return Err(format!(
-            "cannot store the hash seed: {}",
-            host_status::describe(status)
-        ));
+        return Err(format!("cannot store the hash seed: {}", host_status::describe(status)));
     }
     // Read back rather than trust our draw: if another VM stored its seed at the same
     // moment, everyone adopts whichever value is there now.
@@ -207,12 +200,7 @@ fn create_slots(engine: &Engine) -> Result<(), String> {
                     ));
                 }
             }
-            Err(s) => {
-                return Err(format!(
-                    "cannot read counter {key}: {}",
-                    host_status::describe(s)
-                ))
-            }
+            Err(s) => return Err(format!("cannot read counter {key}: {}", host_status::describe(s))),
         }
     }
     Ok(())
@@ -307,9 +295,7 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let compiled = Rc::clone(&self.compiled);
-        let mut host = Hostcalls {
-            compiled: &compiled,
-        };
+        let mut host = Hostcalls { compiled: &compiled };
         let verdict = match compiled.leases.try_borrow_mut() {
             Ok(mut leases) => compiled.engine.check(&mut host, &mut leases, now_ns()),
             // Unreachable on a single-threaded VM; if a host ever re-enters, admit rather
@@ -321,11 +307,7 @@ impl HttpContext for Stream {
             self.response_headers = verdict.response_headers;
             return Action::Continue;
         };
-        let headers: Vec<(&str, &str)> = rejection
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let status = abi::send_local_response(
             rejection.status,
             "rampart_rate_limited",

@@ -89,10 +89,7 @@ fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
 pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
     let mut cfg: Value = serde_norway::from_str(&read_project_file(opts.template))
         .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", opts.template));
-    *at(
-        &mut cfg,
-        &["admin", "address", "socket_address", "port_value"],
-    ) = json!(admin_port);
+    *at(&mut cfg, &["admin", "address", "socket_address", "port_value"]) = json!(admin_port);
     let listener = at(&mut cfg, &["static_resources", "listeners", "0"]);
     *at(listener, &["address", "socket_address", "port_value"]) = json!(port);
     if let Some(clusters) = cfg["static_resources"]["clusters"].as_array_mut() {
@@ -169,8 +166,7 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
 impl Envoy {
     /// Starts Envoy and waits until it serves; panics with its log otherwise.
     pub fn start(opts: &Options) -> Envoy {
-        Envoy::try_start(opts)
-            .unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
+        Envoy::try_start(opts).unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
     }
 
     pub fn try_start(opts: &Options) -> Result<Envoy, StartFailure> {
@@ -183,20 +179,15 @@ impl Envoy {
             .unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
     }
 
-    pub fn try_start_with(
-        opts: &Options,
-        edit: impl FnOnce(&mut Value),
-    ) -> Result<Envoy, StartFailure> {
+    pub fn try_start_with(opts: &Options, edit: impl FnOnce(&mut Value)) -> Result<Envoy, StartFailure> {
         let dir = TempDir::new("envoy");
         let (port, admin_port) = (free_port(), free_port());
         let cfg_path = dir.0.join("envoy.json");
         let log_path = dir.0.join("envoy.log");
         let mut cfg = render(opts, port, admin_port);
         edit(&mut cfg);
-        std::fs::write(&cfg_path, cfg.to_string())
-            .unwrap_or_else(|e| panic!("write {}: {e}", cfg_path.display()));
-        let log = std::fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap_or_else(|e| panic!("write {}: {e}", cfg_path.display()));
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&cfg_path)
@@ -217,17 +208,13 @@ impl Envoy {
             log_path,
             _dir: dir,
         };
-        let ready = wait_for(
-            "envoy to become ready or exit",
-            Duration::from_secs(60),
-            || {
-                if let Some(code) = envoy.guard.exited() {
-                    return Some(Err(code));
-                }
-                let live = get_once(admin_port, "/ready").is_ok_and(|r| r.status == 200);
-                (live && port_open(port)).then_some(Ok(()))
-            },
-        );
+        let ready = wait_for("envoy to become ready or exit", Duration::from_secs(60), || {
+            if let Some(code) = envoy.guard.exited() {
+                return Some(Err(code));
+            }
+            let live = get_once(admin_port, "/ready").is_ok_and(|r| r.status == 200);
+            (live && port_open(port)).then_some(Ok(()))
+        });
         match ready {
             Ok(()) => Ok(envoy),
             Err(exit_code) => Err(StartFailure {
@@ -273,10 +260,7 @@ impl Envoy {
                 return m;
             }
             if std::time::Instant::now() > deadline {
-                let seen: Vec<_> = expect
-                    .iter()
-                    .map(|(k, _)| (*k, m.get(*k).copied()))
-                    .collect();
+                let seen: Vec<_> = expect.iter().map(|(k, _)| (*k, m.get(*k).copied())).collect();
                 panic!("metrics never reached {expect:?}; last seen {seen:?}");
             }
             std::thread::sleep(Duration::from_millis(50));

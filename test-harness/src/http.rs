@@ -56,28 +56,29 @@ impl Client {
             s.set_write_timeout(Some(IO_TIMEOUT))?;
             self.conn = Some(BufReader::with_capacity(16 * 1024, s));
         }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no connection"))
+        self.conn.as_mut().ok_or_else(|| io::Error::other("no connection"))
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> io::Result<Response> {
         self.request("GET", path, headers)
     }
 
+    pub fn post(&mut self, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> io::Result<Response> {
+        self.send("POST", path, headers, body)
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> io::Result<Response> {
+        self.send(method, path, headers, b"")
+    }
+
     /// Sends one request, reusing the connection; reconnects once if the server had
     /// closed it.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &[u8])],
-    ) -> io::Result<Response> {
-        match self.try_request(method, path, headers) {
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> io::Result<Response> {
+        match self.try_request(method, path, headers, body) {
             Ok(r) => Ok(r),
             Err(_) => {
                 self.conn = None;
-                self.try_request(method, path, headers)
+                self.try_request(method, path, headers, body)
             }
         }
     }
@@ -87,6 +88,7 @@ impl Client {
         method: &str,
         path: &str,
         headers: &[(&str, &[u8])],
+        body: &[u8],
     ) -> io::Result<Response> {
         let mut req = std::mem::take(&mut self.scratch);
         req.clear();
@@ -97,7 +99,8 @@ impl Client {
             req.extend_from_slice(v);
             req.extend_from_slice(b"\r\n");
         }
-        req.extend_from_slice(b"content-length: 0\r\n\r\n");
+        write!(req, "content-length: {}\r\n\r\n", body.len())?;
+        req.extend_from_slice(body);
         let conn = self.connection()?;
         let sent = conn.get_mut().write_all(&req);
         self.scratch = req;
@@ -114,10 +117,7 @@ impl Client {
 fn read_line(r: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<()> {
     line.clear();
     if r.read_line(line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
     }
     Ok(())
 }
@@ -164,14 +164,7 @@ fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<(Response, bool)> {
     } else if !keep {
         r.read_to_end(&mut body)?;
     }
-    Ok((
-        Response {
-            status,
-            headers,
-            body,
-        },
-        keep,
-    ))
+    Ok((Response { status, headers, body }, keep))
 }
 
 /// One GET on a fresh connection (admin endpoints, readiness probes).

@@ -8,6 +8,8 @@
 pub mod envoy;
 pub mod http;
 pub mod process;
+pub mod redis;
+pub mod sidecar;
 pub mod upstream;
 
 use std::path::PathBuf;
@@ -31,21 +33,13 @@ pub fn read_project_file(rel: &str) -> String {
 /// The built filter. `make wasm` (which `make test` runs first) writes it.
 pub fn rampart_wasm() -> PathBuf {
     let p = project_file("target/wasm32-wasip1/release/rampart.wasm");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make wasm` first",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `make wasm` first", p.display());
     p
 }
 
 /// The no-op filter used as the wasm ceiling in `bench`.
 pub fn noop_wasm() -> PathBuf {
     let p = project_file("target/wasm32-wasip1/release/rampart_noop_filter.wasm");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make wasm` first",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `make wasm` first", p.display());
     p
 }

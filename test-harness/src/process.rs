@@ -45,8 +45,7 @@ impl Guard {
 
     /// Resident memory of the process in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -76,8 +75,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let p = std::env::temp_dir().join(format!("rampart-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&p)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()));
         TempDir(p)
     }
 }

@@ -20,8 +20,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start() -> Upstream {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("upstream bind: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("upstream bind: {e}"));
         let port = listener
             .local_addr()
             .map(|a| a.port())
@@ -29,11 +28,7 @@ impl Upstream {
         let served = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, f, st) = (
-            Arc::clone(&served),
-            Arc::clone(&in_flight),
-            Arc::clone(&stop),
-        );
+        let (s, f, st) = (Arc::clone(&served), Arc::clone(&in_flight), Arc::clone(&stop));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -123,10 +118,8 @@ fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64) {
         }
         in_flight.fetch_sub(1, Ordering::SeqCst);
         served.fetch_add(1, Ordering::SeqCst);
-        if w.write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n",
-        )
-        .is_err()
+        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n")
+            .is_err()
         {
             return;
         }

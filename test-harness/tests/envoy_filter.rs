@@ -16,9 +16,7 @@ use serde_json::json;
 
 /// Sends `n` GETs on one connection and returns the status codes.
 fn statuses(c: &mut Client, path: &str, headers: &[(&str, &[u8])], n: usize) -> Vec<u16> {
-    (0..n)
-        .map(|_| c.get(path, headers).expect("request").status)
-        .collect()
+    (0..n).map(|_| c.get(path, headers).expect("request").status).collect()
 }
 
 fn count(v: &[u16], status: u16) -> usize {
@@ -34,10 +32,7 @@ fn shipped_example_limits_api_keys_by_tier_and_reports_headers() {
         let r = c.get("/", key).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header_u64("x-ratelimit-limit"), Some(5));
-        assert_eq!(
-            r.header_u64("x-ratelimit-remaining"),
-            Some(expected_remaining)
-        );
+        assert_eq!(r.header_u64("x-ratelimit-remaining"), Some(expected_remaining));
         let reset = r.header_u64("x-ratelimit-reset").expect("reset header");
         assert!((1..=60).contains(&reset), "reset {reset}");
     }
@@ -83,20 +78,13 @@ fn every_key_kind_gets_its_own_counters() {
     });
     let s = stack(&plugin, 1);
     let mut c = s.envoy.client();
-    let ip =
-        |a: &'static str| -> (&'static str, &'static [u8]) { ("x-forwarded-for", a.as_bytes()) };
+    let ip = |a: &'static str| -> (&'static str, &'static [u8]) { ("x-forwarded-for", a.as_bytes()) };
     let user = |u: &'static str| -> (&'static str, &'static [u8]) { ("x-user", u.as_bytes()) };
 
-    assert_eq!(
-        statuses(&mut c, "/ip", &[ip("198.51.100.1")], 3),
-        [200, 200, 429]
-    );
+    assert_eq!(statuses(&mut c, "/ip", &[ip("198.51.100.1")], 3), [200, 200, 429]);
     assert_eq!(statuses(&mut c, "/ip", &[ip("198.51.100.2")], 1), [200]);
 
-    assert_eq!(
-        statuses(&mut c, "/header", &[user("ann")], 3),
-        [200, 200, 429]
-    );
+    assert_eq!(statuses(&mut c, "/header", &[user("ann")], 3), [200, 200, 429]);
     assert_eq!(statuses(&mut c, "/header", &[user("ben")], 1), [200]);
     assert_eq!(
         statuses(&mut c, "/header", &[], 5),
@@ -116,10 +104,7 @@ fn every_key_kind_gets_its_own_counters() {
         statuses(&mut c, "/both", &[user("ann"), ip("198.51.100.1")], 3),
         [200, 200, 429]
     );
-    assert_eq!(
-        statuses(&mut c, "/both", &[user("ann"), ip("198.51.100.9")], 1),
-        [200]
-    );
+    assert_eq!(statuses(&mut c, "/both", &[user("ann"), ip("198.51.100.9")], 1), [200]);
 
     assert_eq!(statuses(&mut c, "/route/a", &[], 1), [200]);
     assert_eq!(
@@ -129,10 +114,7 @@ fn every_key_kind_gets_its_own_counters() {
     );
 
     assert_eq!(statuses(&mut c, "/global", &[ip("203.0.113.1")], 1), [200]);
-    assert_eq!(
-        statuses(&mut c, "/global", &[ip("203.0.113.2")], 2),
-        [200, 429]
-    );
+    assert_eq!(statuses(&mut c, "/global", &[ip("203.0.113.2")], 2), [200, 429]);
 }
 
 #[test]
@@ -150,18 +132,11 @@ fn spoofed_forwarded_for_never_becomes_the_key() {
     let mut got = Vec::new();
     for i in 0..6 {
         let xff = format!("10.0.0.{i}, 6.6.6.{i}, 192.0.2.44");
-        got.push(
-            c.get("/", &[("x-forwarded-for", xff.as_bytes())])
-                .unwrap()
-                .status,
-        );
+        got.push(c.get("/", &[("x-forwarded-for", xff.as_bytes())]).unwrap().status);
     }
     assert_eq!(got, [200, 200, 200, 429, 429, 429]);
     // Another client behind the LB has its own counter.
-    assert_eq!(
-        statuses(&mut c, "/", &[("x-forwarded-for", b"192.0.2.45")], 1),
-        [200]
-    );
+    assert_eq!(statuses(&mut c, "/", &[("x-forwarded-for", b"192.0.2.45")], 1), [200]);
     // No header at all: the request skipped the LB, so its own address is the key.
     assert_eq!(statuses(&mut c, "/", &[], 4), [200, 200, 200, 429]);
 }
@@ -175,14 +150,8 @@ fn algorithms_fixed_sliding_and_token_bucket() {
     ]});
     let s = stack(&plugin, 1);
     let mut c = s.envoy.client();
-    assert_eq!(
-        statuses(&mut c, "/fixed", &[], 6),
-        [200, 200, 200, 200, 429, 429]
-    );
-    assert_eq!(
-        statuses(&mut c, "/sliding", &[], 6),
-        [200, 200, 200, 200, 429, 429]
-    );
+    assert_eq!(statuses(&mut c, "/fixed", &[], 6), [200, 200, 200, 200, 429, 429]);
+    assert_eq!(statuses(&mut c, "/sliding", &[], 6), [200, 200, 200, 200, 429, 429]);
     // Burst of 3, then refills at 5/s: one token every 200 ms.
     let start = Instant::now();
     let burst = statuses(&mut c, "/bucket", &[], 3);
@@ -215,21 +184,15 @@ fn concurrency_counts_requests_in_flight_and_releases_on_end_and_reset() {
             })
         })
         .collect();
-    wait_for(
-        "two requests held by the upstream",
-        Duration::from_secs(10),
-        || (s.upstream.in_flight() == 2).then_some(()),
-    );
+    wait_for("two requests held by the upstream", Duration::from_secs(10), || {
+        (s.upstream.in_flight() == 2).then_some(())
+    });
     let mut c = s.envoy.client();
     let r = c.request("POST", "/orders", &[]).unwrap();
     assert_eq!(r.status, 503);
     assert!(r.header_u64("retry-after").is_some_and(|v| v >= 1));
     assert!(r.body_text().contains("\"layer\":\"orders\""));
-    assert_eq!(
-        c.get("/orders", &[]).unwrap().status,
-        200,
-        "GET is not matched"
-    );
+    assert_eq!(c.get("/orders", &[]).unwrap().status, 200, "GET is not matched");
     for h in held {
         assert_eq!(h.join().unwrap(), 200);
     }
@@ -241,25 +204,19 @@ fn concurrency_counts_requests_in_flight_and_releases_on_end_and_reset() {
         .map(|_| {
             use std::io::Write;
             let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            conn.write_all(
-                b"POST /orders?hold_ms=20000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
-            )
-            .unwrap();
+            conn.write_all(b"POST /orders?hold_ms=20000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
             conn
         })
         .collect();
-    wait_for(
-        "two abandoned requests held",
-        Duration::from_secs(10),
-        || (s.upstream.in_flight() == 2).then_some(()),
-    );
+    wait_for("two abandoned requests held", Duration::from_secs(10), || {
+        (s.upstream.in_flight() == 2).then_some(())
+    });
     assert_eq!(c.request("POST", "/orders", &[]).unwrap().status, 503);
     drop(abandoned);
-    wait_for(
-        "slots released after resets",
-        Duration::from_secs(10),
-        || (c.request("POST", "/orders", &[]).unwrap().status == 200).then_some(()),
-    );
+    wait_for("slots released after resets", Duration::from_secs(10), || {
+        (c.request("POST", "/orders", &[]).unwrap().status == 200).then_some(())
+    });
 }
 
 #[test]
@@ -275,10 +232,7 @@ fn header_modes_draft_ietf_both_none() {
         let ietf = r.header("ratelimit").is_some();
         assert_eq!(
             (draft, ietf),
-            (
-                mode == "draft" || mode == "both",
-                mode == "ietf" || mode == "both"
-            ),
+            (mode == "draft" || mode == "both", mode == "ietf" || mode == "both"),
             "{mode}"
         );
         if ietf {
@@ -370,9 +324,9 @@ fn bad_configuration_is_refused_with_the_field_path() {
         Err(f) => f,
     };
     assert!(
-        failure.log.contains(
-            r#"rampart: configuration refused: layers[2].window: "1x" is not a duration"#
-        ),
+        failure
+            .log
+            .contains(r#"rampart: configuration refused: layers[2].window: "1x" is not a duration"#),
         "log did not name the field:\n{}",
         failure.log
     );
@@ -386,25 +340,13 @@ fn hostile_header_values_neither_crash_nor_collide() {
     let s = stack(&plugin, 1);
     let mut c = s.envoy.client();
     let big = vec![b'k'; 48 * 1024];
-    let hostile: Vec<&[u8]> = vec![
-        &big,
-        b"{tag}",
-        b"\xff\xfe\xfd",
-        b"a,b",
-        b"  spaced  ",
-        b"%00",
-    ];
+    let hostile: Vec<&[u8]> = vec![&big, b"{tag}", b"\xff\xfe\xfd", b"a,b", b"  spaced  ", b"%00"];
     for v in &hostile {
         let first = c.get("/", &[("x-api-key", v)]).unwrap().status;
         let second = c.get("/", &[("x-api-key", v)]).unwrap().status;
         // Envoy may refuse some bytes itself (400); what reaches Rampart is counted.
         if first != 400 {
-            assert_eq!(
-                (first, second),
-                (200, 429),
-                "value starting {:?}",
-                &v[..v.len().min(8)]
-            );
+            assert_eq!((first, second), (200, 429), "value starting {:?}", &v[..v.len().min(8)]);
         }
     }
     // Still serving, nothing trapped.
@@ -444,12 +386,10 @@ fn every_shipped_example_runs_in_envoy() {
 
 #[test]
 fn shipped_envoy_yaml_embeds_the_shipped_example() {
-    let yaml: serde_json::Value = serde_norway::from_str(&rampart_test_harness::read_project_file(
-        "filters/envoy/envoy.yaml",
-    ))
-    .unwrap();
-    let filters = &yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["http_filters"];
+    let yaml: serde_json::Value =
+        serde_norway::from_str(&rampart_test_harness::read_project_file("filters/envoy/envoy.yaml")).unwrap();
+    let filters =
+        &yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
     let embedded = filters[0]["typed_config"]["config"]["configuration"]["value"]
         .as_str()
         .unwrap();

@@ -21,9 +21,7 @@ fn send_distinct_ips(port: u16, from: u32, to: u32) {
         // 100.64.0.0/10 addresses, one per client, as a trusted load balancer in front of
         // Envoy would write them (Envoy appends the LB's own address: trusted_hops 1).
         let xff = format!("100.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 255, i & 255);
-        let r = c
-            .get("/", &[("x-forwarded-for", xff.as_bytes())])
-            .expect("request");
+        let r = c.get("/", &[("x-forwarded-for", xff.as_bytes())]).expect("request");
         assert!(r.status == 200 || r.status == 429, "status {}", r.status);
     }
 }

@@ -26,10 +26,7 @@ struct Sample {
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Rampart's local layers: an IP layer and an API-key layer, limits high enough that
@@ -73,15 +70,9 @@ fn wrk(port: u16, seconds: u64, connections: u64) -> Sample {
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
-            Some("Requests/sec:") => {
-                s.rps = words.next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            }
-            Some("50.000%") | Some("50%") => {
-                s.p50_ms = words.next().and_then(parse_ms).unwrap_or(0.0)
-            }
-            Some("99.000%") | Some("99%") => {
-                s.p99_ms = words.next().and_then(parse_ms).unwrap_or(0.0)
-            }
+            Some("Requests/sec:") => s.rps = words.next().and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            Some("50.000%") | Some("50%") => s.p50_ms = words.next().and_then(parse_ms).unwrap_or(0.0),
+            Some("99.000%") | Some("99%") => s.p99_ms = words.next().and_then(parse_ms).unwrap_or(0.0),
             _ => {}
         }
     }
@@ -97,9 +88,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn direct_response(envoy_json: &mut serde_json::Value) {
-    let vh = &mut envoy_json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["route_config"]["virtual_hosts"][0];
-    vh["routes"] = json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]);
+    let vh = &mut envoy_json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0];
+    vh["routes"] =
+        json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]);
 }
 
 fn main() {
@@ -170,18 +162,11 @@ fn main() {
         })
         .collect();
     for (s, m) in scenarios.iter().zip(&med) {
-        println!(
-            "{:<28} {:>12.0} {:>10.3} {:>10.3}",
-            s.name, m.rps, m.p50_ms, m.p99_ms
-        );
+        println!("{:<28} {:>12.0} {:>10.3} {:>10.3}", s.name, m.rps, m.p50_ms, m.p99_ms);
     }
     let native = med[1].rps.max(1.0);
     println!();
     for (s, m) in scenarios.iter().zip(&med) {
-        println!(
-            "ratio {:<28} {:.3}x native local_ratelimit",
-            s.name,
-            m.rps / native
-        );
+        println!("ratio {:<28} {:.3}x native local_ratelimit", s.name, m.rps / native);
     }
 }

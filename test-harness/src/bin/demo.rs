@@ -20,11 +20,7 @@ fn show(n: usize, who: &str, r: &Response) {
         h("x-ratelimit-reset")
     );
     if r.status != 200 {
-        print!(
-            " Retry-After {}  body {}",
-            h("retry-after"),
-            r.body_text().trim()
-        );
+        print!(" Retry-After {}  body {}", h("retry-after"), r.body_text().trim());
     }
     println!();
 }
@@ -56,10 +52,7 @@ fn main() {
     }
     let m = envoy.prometheus();
     println!("\nMetrics from Envoy's /stats/prometheus:");
-    let mut names: Vec<_> = m
-        .iter()
-        .filter(|(k, _)| k.starts_with("rampart_"))
-        .collect();
+    let mut names: Vec<_> = m.iter().filter(|(k, _)| k.starts_with("rampart_")).collect();
     names.sort_by(|a, b| a.0.cmp(b.0));
     for (k, v) in names {
         println!("  {k} {v}");

@@ -1,0 +1,242 @@
+//! Turns batches of hits into store calls without becoming the bottleneck.
+//!
+//! - **Coalescing**: every hit goes through one queue. A single worker drains whatever
+//!   is queued (up to `MAX_BATCH`), merges hits on the same counter into one store call
+//!   (cost N: the store admits as many as fit, handed out in arrival order), and issues
+//!   all calls of the batch concurrently, which the Redis connection pipelines. Under
+//!   load batches grow by themselves: the busier, the fewer store calls per hit.
+//! - **Over-limit cache**: a counter that rejected is remembered until its
+//!   Retry-After; checks against it are answered without the store. Capped at
+//!   `MAX_CACHED` entries.
+//! - `/v1/check` is ordered: a request's hits are charged one after another and the
+//!   first rejection skips the rest, so a rejected request eats no later quota.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use rampart::wire::{Hit, Outcome, Rule};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::METRICS;
+use crate::store::{Applied, Mode, Store, StoreError};
+
+/// Most hits one batch drains from the queue.
+pub const MAX_BATCH: usize = 4096;
+/// Queue length before new hits are refused (back-pressure instead of unbounded memory).
+pub const MAX_QUEUE: usize = 65_536;
+/// Most counters remembered as over their limit.
+pub const MAX_CACHED: usize = 100_000;
+
+struct Job {
+    key: String,
+    rule: Rule,
+    cost: u64,
+    mode: Mode,
+    reply: oneshot::Sender<Result<Applied, StoreError>>,
+}
+
+#[derive(Clone, Copy)]
+struct Closed {
+    until: Instant,
+    rule: Rule,
+    outcome: Outcome,
+}
+
+pub struct Engine {
+    queue: mpsc::Sender<Job>,
+    closed: Mutex<HashMap<String, Closed>>,
+}
+
+impl Engine {
+    pub fn start(store: Arc<Store>) -> Arc<Engine> {
+        let (tx, rx) = mpsc::channel(MAX_QUEUE);
+        tokio::spawn(run(store, rx));
+        Arc::new(Engine {
+            queue: tx,
+            closed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn submit(&self, hit: &Hit, mode: Mode) -> Result<Applied, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            key: hit.key.clone(),
+            rule: hit.rule,
+            cost: hit.cost,
+            mode,
+            reply,
+        };
+        self.queue.try_send(job).map_err(|_| StoreError {
+            transient: true,
+            message: "sidecar queue full".into(),
+        })?;
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError {
+                transient: true,
+                message: "sidecar worker stopped".into(),
+            })
+        })
+    }
+
+    fn cached(&self, hit: &Hit) -> Option<Outcome> {
+        let mut closed = self.closed.lock().ok()?;
+        let c = closed.get(&hit.key)?;
+        if c.rule != hit.rule {
+            return None;
+        }
+        let now = Instant::now();
+        if now >= c.until {
+            closed.remove(&hit.key);
+            return None;
+        }
+        let left = (c.until - now).as_millis() as u64;
+        Some(Outcome {
+            retry_after_ms: left.max(1),
+            ..c.outcome
+        })
+    }
+
+    fn remember(&self, hit: &Hit, outcome: Outcome) {
+        let Ok(mut closed) = self.closed.lock() else { return };
+        let now = Instant::now();
+        if closed.len() >= MAX_CACHED {
+            closed.retain(|_, c| c.until > now);
+            if closed.len() >= MAX_CACHED {
+                return;
+            }
+        }
+        let until = now + Duration::from_millis(outcome.retry_after_ms);
+        closed.insert(
+            hit.key.clone(),
+            Closed {
+                until,
+                rule: hit.rule,
+                outcome,
+            },
+        );
+    }
+
+    /// Ordered check of one request's hits.
+    pub async fn check(&self, hits: &[Hit]) -> Result<Vec<Outcome>, StoreError> {
+        let mut out = Vec::with_capacity(hits.len());
+        let mut rejected = false;
+        for hit in hits {
+            if rejected {
+                out.push(Outcome {
+                    allowed: false,
+                    limit: hit.rule.limit(),
+                    remaining: 0,
+                    reset_ms: 0,
+                    retry_after_ms: 0,
+                    skipped: true,
+                });
+                continue;
+            }
+            if let Some(o) = self.cached(hit) {
+                METRICS.cache_hits.fetch_add(1, Relaxed);
+                METRICS.rejected.fetch_add(1, Relaxed);
+                rejected = true;
+                out.push(o);
+                continue;
+            }
+            let a = self.submit(hit, Mode::Check).await?;
+            let allowed = a.granted >= hit.cost;
+            let o = Outcome {
+                allowed,
+                limit: a.limit,
+                remaining: a.remaining,
+                reset_ms: a.reset_ms,
+                retry_after_ms: if allowed { 0 } else { a.retry_after_ms.max(1) },
+                skipped: false,
+            };
+            if allowed {
+                METRICS.allowed.fetch_add(1, Relaxed);
+            } else {
+                METRICS.rejected.fetch_add(1, Relaxed);
+                rejected = true;
+                self.remember(hit, o);
+            }
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Records already-admitted hits and returns each counter's standing.
+    pub async fn report(&self, hits: &[Hit]) -> Result<Vec<Outcome>, StoreError> {
+        let results = join_all(hits.iter().map(|h| self.submit(h, Mode::Record))).await;
+        let mut out = Vec::with_capacity(hits.len());
+        for (hit, r) in hits.iter().zip(results) {
+            let a = r?;
+            METRICS.recorded.fetch_add(hit.cost, Relaxed);
+            out.push(Outcome {
+                allowed: a.remaining > 0,
+                limit: a.limit,
+                remaining: a.remaining,
+                reset_ms: a.reset_ms,
+                retry_after_ms: a.retry_after_ms,
+                skipped: false,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The single worker: drain, merge by counter, apply concurrently, hand out results.
+async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut groups: HashMap<(String, Rule, Mode), Vec<Job>> = HashMap::new();
+        for job in batch.drain(..) {
+            groups
+                .entry((job.key.clone(), job.rule, job.mode))
+                .or_default()
+                .push(job);
+        }
+        let calls = groups.into_iter().map(|((key, rule, mode), jobs)| {
+            let store = Arc::clone(&store);
+            async move {
+                let cost: u64 = jobs.iter().map(|j| j.cost).sum();
+                METRICS.coalesced.fetch_add(jobs.len() as u64 - 1, Relaxed);
+                METRICS.store_calls.fetch_add(1, Relaxed);
+                let result = store.apply(&key, rule, cost, mode).await;
+                distribute(jobs, result);
+            }
+        });
+        join_all(calls).await;
+    }
+}
+
+/// Hands a merged result back to the jobs in arrival order: each takes its cost from
+/// what was granted while it lasts.
+fn distribute(jobs: Vec<Job>, result: Result<Applied, StoreError>) {
+    let applied = match result {
+        Ok(a) => a,
+        Err(e) => {
+            if e.transient {
+                METRICS.errors_transient.fetch_add(1, Relaxed);
+            } else {
+                METRICS.errors_permanent.fetch_add(1, Relaxed);
+            }
+            for j in jobs {
+                let _ = j.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut left = applied.granted;
+    for j in jobs {
+        let granted = j.cost.min(left);
+        left -= granted;
+        // Jobs served from the merged grant see the remaining that includes the rest
+        // of the grant, as if they had been charged one by one.
+        let a = Applied {
+            granted,
+            remaining: applied.remaining + left,
+            ..applied
+        };
+        let _ = j.reply.send(Ok(a));
+    }
+}

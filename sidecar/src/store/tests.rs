@@ -1,0 +1,144 @@
+//! One suite, every store: memory, Redis, Redis Cluster (real servers on loopback).
+
+use rampart::wire::Rule;
+use rampart_test_harness::redis::{RedisCluster, RedisNode};
+
+use super::memory::MemoryStore;
+use super::redis::RedisStore;
+use super::{Mode, Store};
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn rules() -> [Rule; 3] {
+    [
+        Rule::FixedWindow {
+            limit: 5,
+            window_ms: 3_600_000,
+        },
+        Rule::SlidingWindow {
+            limit: 5,
+            window_ms: 3_600_000,
+        },
+        Rule::TokenBucket {
+            limit: 5,
+            window_ms: 3_600_000,
+            burst: 5,
+        },
+    ]
+}
+
+/// The behaviour every store must share.
+async fn suite(store: &Store, tag: &str) {
+    for rule in rules() {
+        let key = format!("{tag}-{}", rule.algorithm().name());
+        // One at a time: exactly the limit, then a rejection with a Retry-After.
+        for i in 0..5 {
+            let a = store.apply(&key, rule, 1, Mode::Check).await.expect("apply");
+            assert_eq!((a.granted, a.remaining), (1, 4 - i), "{key} hit {i}");
+        }
+        let a = store.apply(&key, rule, 1, Mode::Check).await.expect("apply");
+        assert_eq!(a.granted, 0, "{key}: over the limit");
+        assert!(a.retry_after_ms > 0, "{key}: retry after");
+        // Coalesced: a cost of 3 on a fresh counter with 5 takes 3, then 2 of the next 3.
+        let key2 = format!("{key}-coalesced");
+        assert_eq!(
+            store.apply(&key2, rule, 3, Mode::Check).await.expect("apply").granted,
+            3
+        );
+        let a = store.apply(&key2, rule, 3, Mode::Check).await.expect("apply");
+        assert_eq!((a.granted, a.remaining), (2, 0), "{key2}");
+        // Record adds everything, even past the limit; the counter then reads full.
+        let key3 = format!("{key}-record");
+        let a = store.apply(&key3, rule, 9, Mode::Record).await.expect("apply");
+        assert_eq!((a.granted, a.remaining), (9, 0), "{key3}");
+        assert_eq!(
+            store.apply(&key3, rule, 1, Mode::Check).await.expect("apply").granted,
+            0
+        );
+    }
+}
+
+#[test]
+fn memory_store() {
+    rt().block_on(suite(&Store::Memory(MemoryStore::new(1000)), "m"));
+}
+
+#[test]
+fn memory_store_is_bounded() {
+    let m = MemoryStore::new(100);
+    let rule = Rule::FixedWindow {
+        limit: 5,
+        window_ms: 3_600_000,
+    };
+    for i in 0..1000 {
+        m.apply(&format!("k{i}"), rule, 1, Mode::Check);
+    }
+    assert!(m.len() <= 100, "{} keys held", m.len());
+}
+
+#[test]
+fn redis_store() {
+    let redis = RedisNode::start();
+    rt().block_on(async {
+        let store = Store::Redis(
+            RedisStore::connect_single(&redis.url(), TIMEOUT)
+                .await
+                .expect("connect"),
+        );
+        suite(&store, "r").await;
+    });
+    // Every counter key carries a TTL, so Redis never fills with dead counters.
+    let keys = rampart_test_harness::redis::command(redis.port, "KEYS *").unwrap();
+    let first = keys
+        .lines()
+        .find(|l| l.starts_with("rampart:"))
+        .expect("a rampart key")
+        .to_string();
+    let ttl = rampart_test_harness::redis::command(redis.port, &format!("PTTL {first}")).unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 0, "{first} has no TTL ({ttl})");
+}
+
+#[test]
+fn redis_cluster_store() {
+    let cluster = RedisCluster::start(3);
+    rt().block_on(async {
+        let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+        let store = Store::Redis(RedisStore::connect_cluster(&urls, TIMEOUT).await.expect("connect"));
+        suite(&store, "c").await;
+        // Spread many counters: every master must hold some.
+        for i in 0..60 {
+            store
+                .apply(&format!("spread-{i}"), rules()[0], 1, Mode::Check)
+                .await
+                .expect("apply");
+        }
+    });
+    for n in &cluster.nodes {
+        assert!(n.dbsize() > 0, "master on port {} holds no counters", n.port);
+    }
+}
+
+#[test]
+fn redis_errors_are_classified() {
+    let redis = RedisNode::start();
+    rt().block_on(async {
+        let store = RedisStore::connect_single(&redis.url(), std::time::Duration::from_millis(200))
+            .await
+            .expect("connect");
+        redis.freeze();
+        let err = store
+            .apply("k", rules()[0], 1, Mode::Check)
+            .await
+            .expect_err("frozen redis answers nothing");
+        assert!(err.transient, "{err}");
+        redis.thaw();
+    });
+}

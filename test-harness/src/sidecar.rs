@@ -1,0 +1,78 @@
+//! rampart-sidecar, started from the workspace's build.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::http::{get_once, Client};
+use crate::process::{free_port, wait_for, Guard};
+use crate::project_file;
+
+/// The sidecar binary; `cargo test --release` builds it before the tests run.
+pub fn sidecar_binary() -> PathBuf {
+    for profile in ["release", "debug"] {
+        let p = project_file(&format!("target/{profile}/rampart-sidecar"));
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("target/release/rampart-sidecar is missing: `cargo build --release -p rampart-sidecar` (make test does)")
+}
+
+pub struct Sidecar {
+    pub port: u16,
+    pub guard: Guard,
+}
+
+impl Sidecar {
+    /// Starts a sidecar with these store flags (`[]` = memory, `["--redis", url]`, ...).
+    pub fn start(store_args: &[&str]) -> Sidecar {
+        Sidecar::start_on(free_port(), store_args)
+    }
+
+    pub fn start_on(port: u16, store_args: &[&str]) -> Sidecar {
+        let mut child = Command::new(sidecar_binary())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(store_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run rampart-sidecar: {e}"));
+        // Drain stdout so the sidecar never blocks on a full pipe.
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || for _ in BufReader::new(out).lines() {});
+        }
+        let mut s = Sidecar {
+            port,
+            guard: Guard {
+                child,
+                name: "rampart-sidecar".into(),
+            },
+        };
+        wait_for("rampart-sidecar /healthz", Duration::from_secs(20), || {
+            if let Some(code) = s.guard.exited() {
+                panic!("rampart-sidecar exited with {code:?} before serving");
+            }
+            get_once(port, "/healthz").ok().filter(|r| r.status == 200).map(|_| ())
+        });
+        s
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.port)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        get_once(self.port, "/metrics")
+            .map(|r| r.body_text())
+            .unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.guard.child.kill();
+        let _ = self.guard.child.wait();
+    }
+}
