@@ -271,13 +271,6 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         }
         layers.push(l);
     }
-    // Refused last, so that an operator fixing a config sees every other mistake first.
-    if let Some(i) = layers.iter().position(|l| l.scope == Scope::Cluster) {
-        return err(
-            format!("layers[{i}].scope"),
-            "\"cluster\" needs rampart-sidecar, which this build of the filter does not support yet; use \"local\"",
-        );
-    }
     let needs = needs(&layers);
     Ok(Policy {
         ip_source,
@@ -313,7 +306,11 @@ fn client_ip(top: &Obj) -> Result<(IpSource, u8)> {
 }
 
 fn sidecar(v: &Value) -> Result<Sidecar> {
-    let o = Obj::new("sidecar", v, &["upstream", "authority", "timeout", "token"])?;
+    let o = Obj::new(
+        "sidecar",
+        v,
+        &["upstream", "authority", "timeout", "token", "key_secret"],
+    )?;
     let upstream = o.required_str("upstream")?;
     if upstream.is_empty() {
         return err(
@@ -338,7 +335,15 @@ fn sidecar(v: &Value) -> Result<Sidecar> {
             );
         }
     }
+    let key_secret = o.str("key_secret")?;
+    if key_secret.is_some_and(|k| k.len() < 16) {
+        return err(
+            "sidecar.key_secret",
+            "must be at least 16 characters: it keys the hash that hides client keys",
+        );
+    }
     Ok(Sidecar {
+        key_secret: key_secret.map(str::to_string),
         upstream: upstream.to_string(),
         authority: authority.to_string(),
         timeout_ms,
@@ -432,6 +437,12 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
         Some("cluster") => Scope::Cluster,
         _ => Scope::Local,
     };
+    if scope == Scope::Cluster && algorithm == Algorithm::Concurrency {
+        return err(
+            o.at("scope"),
+            "\"concurrency\" counts requests in flight on this node; use \"local\"",
+        );
+    }
     let cluster = cluster_fields(&o, scope)?;
     let status = o.int("status", 400, 599)?.map_or(DEFAULT_STATUS, |s| s as u16);
     let shadow = o.bool("shadow")?.unwrap_or(false);

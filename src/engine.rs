@@ -6,11 +6,13 @@
 
 use crate::algorithms::{self, Decision};
 use crate::client_ip::{self, ClientIp};
+use crate::cluster::{FleetKey, Views};
 use crate::headers::{self, Report};
 use crate::lease::Leases;
-use crate::policy::{Algorithm, IpSource, KeyPart, Layer, Policy};
+use crate::policy::{Algorithm, FailureMode, IpSource, KeyPart, Layer, Policy, Scope, SyncMode};
 use crate::query;
 use crate::slots::{self, Seed};
+use crate::wire::{Batch, Hit, Outcomes, Rule};
 
 /// A hostcall that failed: the host's status code, for the log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +33,20 @@ pub enum Event {
     ShadowRejected,
     /// The counter could not be read or written; the request was admitted.
     StoreError,
+    /// The sidecar failed or timed out for a cluster layer.
+    SidecarError,
+    /// Admitted (or judged by the fallback limit) because the sidecar failed and
+    /// `failure_mode` is open.
+    FailOpen,
 }
 
-pub const EVENTS: [Event; 4] = [
+pub const EVENTS: [Event; 6] = [
     Event::Allowed,
     Event::Rejected,
     Event::ShadowRejected,
     Event::StoreError,
+    Event::SidecarError,
+    Event::FailOpen,
 ];
 
 impl Event {
@@ -47,6 +56,8 @@ impl Event {
             Event::Rejected => "rejected",
             Event::ShadowRejected => "shadow_rejected",
             Event::StoreError => "store_errors",
+            Event::SidecarError => "sidecar_errors",
+            Event::FailOpen => "fail_open",
         }
     }
 
@@ -66,6 +77,10 @@ pub trait Host {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, HostError>;
     fn count(&mut self, layer: usize, event: Event);
 }
+
+/// Keys counter names when the configuration gives no `sidecar.key_secret`. Names are
+/// still hashes, but anyone can compute them; set a secret in production.
+pub const DEFAULT_KEY_SECRET: &str = "rampart default key secret";
 
 /// Attempts at a compare-and-swap before the request is admitted uncounted. Contention
 /// comes from other workers touching the same slot at the same instant; a handful of
@@ -98,21 +113,14 @@ pub struct Verdict {
 
 /// Lazily read request facts: each is fetched at most once per request, and only when
 /// some layer needs it.
-struct Facts {
+#[derive(Default)]
+pub struct Facts {
     path: Option<Option<Vec<u8>>>,
     method: Option<Option<Vec<u8>>>,
     ip: Option<Option<ClientIp>>,
 }
 
 impl Facts {
-    fn new() -> Self {
-        Facts {
-            path: None,
-            method: None,
-            ip: None,
-        }
-    }
-
     fn path<H: Host>(&mut self, host: &mut H) -> Option<&[u8]> {
         self.path.get_or_insert_with(|| host.header(":path")).as_deref()
     }
@@ -137,13 +145,57 @@ impl Facts {
 pub struct Engine {
     pub policy: Policy,
     seed: Seed,
+    fleet: FleetKey,
     prefixes: Vec<String>,
+}
+
+/// What one worker keeps between requests.
+pub struct WorkerState {
+    pub leases: Leases,
+    pub views: Views,
+    /// The last report to the sidecar failed: async layers use their fallback.
+    pub sidecar_failing: bool,
+}
+
+/// A request waiting for the sidecar: where to continue, and what was asked.
+pub struct Paused {
+    next: usize,
+    facts: Facts,
+    tightest: Option<(usize, Decision)>,
+    held: Vec<Held>,
+    /// Layers in the call: index, fallback-table slot, limit and burst.
+    asked: Vec<(usize, u32, u64, u64)>,
+}
+
+pub enum Step {
+    Done(Verdict),
+    /// Send `body` to `POST /v1/check`, then call `Engine::resume`.
+    Ask(Box<Paused>, Vec<u8>),
 }
 
 impl Engine {
     pub fn new(policy: Policy, seed: Seed) -> Self {
         let prefixes = policy.layers.iter().map(slots::prefix).collect();
-        Engine { policy, seed, prefixes }
+        let secret = policy
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.key_secret.as_deref())
+            .unwrap_or(DEFAULT_KEY_SECRET);
+        let fleet = FleetKey::from_secret(secret);
+        Engine {
+            policy,
+            seed,
+            fleet,
+            prefixes,
+        }
+    }
+
+    pub fn worker_state(&self) -> WorkerState {
+        WorkerState {
+            leases: self.leases(),
+            views: Views::default(),
+            sidecar_failing: false,
+        }
     }
 
     /// The shared-data key of one slot of one layer.
@@ -158,14 +210,14 @@ impl Engine {
             .layers
             .iter()
             .enumerate()
-            .flat_map(move |(i, l)| (0..l.slots).map(move |s| self.slot_key(i, s)))
+            .flat_map(move |(i, l)| (0..l.table_slots()).map(move |s| self.slot_key(i, s)))
     }
 
     /// Empty worker-local leases for this policy (none for concurrency layers, whose
     /// slots are returned one by one).
     pub fn leases(&self) -> Leases {
         Leases::new(self.policy.layers.iter().map(|l| {
-            if l.algorithm == Algorithm::Concurrency {
+            if l.algorithm == Algorithm::Concurrency || l.scope == Scope::Cluster {
                 0
             } else {
                 l.slots
@@ -174,70 +226,242 @@ impl Engine {
     }
 
     /// Checks a request against every layer, in order, charging each until one rejects.
-    /// `leases` is this worker's; see `lease.rs`.
-    pub fn check<H: Host>(&self, host: &mut H, leases: &mut Leases, now_ns: u64) -> Verdict {
-        let mut facts = Facts::new();
-        let mut verdict = Verdict::default();
-        let mut tightest: Option<(usize, Decision)> = None;
-        for (i, layer) in self.policy.layers.iter().enumerate() {
-            if !self.matches(layer, &mut facts, host) {
+    /// Returns `Step::Ask` when a `sync` cluster layer needs the sidecar.
+    pub fn check<H: Host>(&self, host: &mut H, ws: &mut WorkerState, now_ns: u64) -> Step {
+        let p = Paused {
+            next: 0,
+            facts: Facts::default(),
+            tightest: None,
+            held: Vec::new(),
+            asked: Vec::new(),
+        };
+        self.run(host, ws, p, now_ns)
+    }
+
+    /// Continues a paused request with the sidecar's answer (`None`: it failed or timed
+    /// out).
+    pub fn resume<H: Host>(
+        &self,
+        host: &mut H,
+        ws: &mut WorkerState,
+        mut p: Paused,
+        answer: Option<Outcomes>,
+        now_ns: u64,
+    ) -> Step {
+        let asked = std::mem::take(&mut p.asked);
+        let outcomes = answer.map(|a| a.results).filter(|r| r.len() == asked.len());
+        for (n, (i, slot, limit, burst)) in asked.into_iter().enumerate() {
+            let layer = &self.policy.layers[i];
+            let decision = match outcomes.as_ref().and_then(|o| o.get(n)) {
+                Some(o) if o.skipped => break,
+                Some(o) => Some(Decision {
+                    allowed: o.allowed,
+                    limit: o.limit,
+                    remaining: o.remaining,
+                    reset_ns: o.reset_ms.saturating_mul(1_000_000),
+                    retry_after_ns: o.retry_after_ms.saturating_mul(1_000_000),
+                    granted: 1,
+                    valid_until_ns: 0,
+                }),
+                None => {
+                    host.count(i, Event::SidecarError);
+                    match self.sidecar_failed(host, i, layer, slot, limit, burst, now_ns) {
+                        Failed::Decided(d) => Some(d),
+                        Failed::Admit => None,
+                        Failed::Closed => return Step::Done(self.unavailable(host, i, layer, &mut p.held)),
+                    }
+                }
+            };
+            if let Some(d) = decision {
+                if let Some(v) = self.settle(host, i, layer, None, d, &mut p) {
+                    return Step::Done(v);
+                }
+            }
+        }
+        self.run(host, ws, p, now_ns)
+    }
+
+    fn run<H: Host>(&self, host: &mut H, ws: &mut WorkerState, mut p: Paused, now_ns: u64) -> Step {
+        while p.next < self.policy.layers.len() {
+            let i = p.next;
+            p.next += 1;
+            let layer = &self.policy.layers[i];
+            if !self.matches(layer, &mut p.facts, host) {
                 continue;
             }
-            let Some(hash) = self.key_hash(i, layer, &mut facts, host) else {
+            let Some(parts) = self.key_parts(layer, &mut p.facts, host) else {
                 if layer.deny_missing {
-                    self.reject_missing(i, layer, host, &mut verdict);
-                    return verdict;
+                    return Step::Done(self.reject_missing(i, layer, host, &mut p.held));
                 }
                 continue;
             };
-            let slot = slots::index(hash, layer.slots);
+            let slot = slots::index(self.seed.hash(i as u64, &parts), layer.slots);
             let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
-            let mut lease = leases.get(i, slot);
-            let decision = match lease.as_mut().and_then(|l| l.take(now_ns, limit)) {
-                Some(d) => d,
+            let decision = match layer.sync_mode() {
                 None => {
-                    let key = self.slot_key(i, slot);
-                    let leasing = lease.is_some();
-                    let charged = update(host, &key, |raw| {
-                        algorithms::admit(&layer.algorithm, limit, burst, raw, now_ns, leasing)
-                    });
-                    match charged {
-                        Ok(d) => {
-                            if let Some(l) = lease {
-                                l.store(&d, now_ns, limit);
-                            }
-                            d
-                        }
+                    let lease = ws.leases.get(i, slot);
+                    match self.charge_local(host, i, slot, lease, &layer.algorithm, limit, burst, now_ns) {
+                        Ok(d) => d,
                         Err(_) => {
                             host.count(i, Event::StoreError);
                             continue;
                         }
                     }
                 }
-            };
-            if decision.allowed {
-                host.count(i, Event::Allowed);
-                if layer.algorithm == Algorithm::Concurrency {
-                    verdict.held.push(Held { layer: i, slot });
+                Some(SyncMode::Async) => {
+                    let rule = Rule::new(&layer.algorithm, limit, burst);
+                    match rule {
+                        Some(rule) if !ws.sidecar_failing => {
+                            let name = self.fleet.counter_name(&layer.name, &parts);
+                            ws.views.decide(&name, rule, now_ns)
+                        }
+                        _ => {
+                            host.count(i, Event::SidecarError);
+                            match self.sidecar_failed(host, i, layer, slot, limit, burst, now_ns) {
+                                Failed::Decided(d) => d,
+                                Failed::Admit => continue,
+                                Failed::Closed => return Step::Done(self.unavailable(host, i, layer, &mut p.held)),
+                            }
+                        }
+                    }
                 }
-            } else if layer.shadow {
-                host.count(i, Event::ShadowRejected);
-            } else {
-                host.count(i, Event::Rejected);
-                // Nothing will be forwarded: give back what earlier layers hold now.
-                self.release(host, &mut verdict.held);
-                verdict.rejection = Some(self.rejection(i, layer, &decision));
-                return verdict;
-            }
-            if tightest.is_none_or(|(_, t)| decision.remaining < t.remaining) {
-                tightest = Some((i, decision));
+                Some(SyncMode::Sync) => {
+                    // Ask now; layers after this one wait for the answer.
+                    let Some(rule) = Rule::new(&layer.algorithm, limit, burst) else {
+                        continue;
+                    };
+                    let name = self.fleet.counter_name(&layer.name, &parts);
+                    p.asked.push((i, slot, limit, burst));
+                    let body = serde_json::to_vec(&Batch {
+                        hits: vec![Hit {
+                            key: name,
+                            rule,
+                            cost: 1,
+                        }],
+                    })
+                    .unwrap_or_default();
+                    return Step::Ask(Box::new(p), body);
+                }
+            };
+            let lease_slot = (layer.scope == Scope::Local && layer.algorithm == Algorithm::Concurrency).then_some(slot);
+            if let Some(v) = self.settle(host, i, layer, lease_slot, decision, &mut p) {
+                return Step::Done(v);
             }
         }
-        if let Some((i, d)) = tightest {
+        let mut verdict = Verdict {
+            held: std::mem::take(&mut p.held),
+            ..Verdict::default()
+        };
+        if let Some((i, d)) = p.tightest {
             verdict.response_headers = headers::render(self.policy.headers, &self.report(i, &d));
         }
-        verdict
+        Step::Done(verdict)
+    }
+
+    /// Records one layer's decision; returns the final verdict when it rejects.
+    fn settle<H: Host>(
+        &self,
+        host: &mut H,
+        i: usize,
+        layer: &Layer,
+        held_slot: Option<u32>,
+        d: Decision,
+        p: &mut Paused,
+    ) -> Option<Verdict> {
+        if d.allowed {
+            host.count(i, Event::Allowed);
+            if let Some(slot) = held_slot {
+                p.held.push(Held { layer: i, slot });
+            }
+        } else if layer.shadow {
+            host.count(i, Event::ShadowRejected);
+        } else {
+            host.count(i, Event::Rejected);
+            // Nothing will be forwarded: give back what earlier layers hold now.
+            self.release(host, &mut p.held);
+            return Some(Verdict {
+                rejection: Some(self.rejection(i, layer, &d)),
+                ..Verdict::default()
+            });
+        }
+        if p.tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
+            p.tightest = Some((i, d));
+        }
+        None
+    }
+
+    /// One node-local counter update, through this worker's lease when it has one.
+    #[allow(clippy::too_many_arguments)]
+    fn charge_local<H: Host>(
+        &self,
+        host: &mut H,
+        i: usize,
+        slot: u32,
+        mut lease: Option<&mut crate::lease::Lease>,
+        alg: &Algorithm,
+        limit: u64,
+        burst: u64,
+        now_ns: u64,
+    ) -> Result<Decision, HostError> {
+        if let Some(d) = lease.as_mut().and_then(|l| l.take(now_ns, limit)) {
+            return Ok(d);
+        }
+        let key = self.slot_key(i, slot);
+        let leasing = lease.is_some();
+        let d = update(host, &key, |raw| {
+            algorithms::admit(alg, limit, burst, raw, now_ns, leasing)
+        })?;
+        if let Some(l) = lease {
+            l.store(&d, now_ns, limit);
+        }
+        Ok(d)
+    }
+
+    /// What a cluster layer does when the sidecar failed.
+    #[allow(clippy::too_many_arguments)]
+    fn sidecar_failed<H: Host>(
+        &self,
+        host: &mut H,
+        i: usize,
+        layer: &Layer,
+        slot: u32,
+        limit: u64,
+        burst: u64,
+        now_ns: u64,
+    ) -> Failed {
+        if self.policy.failure_mode == FailureMode::Closed {
+            return Failed::Closed;
+        }
+        host.count(i, Event::FailOpen);
+        let Some(fallback) = layer.cluster.as_ref().and_then(|c| c.fallback_limit) else {
+            return Failed::Admit;
+        };
+        // Scale a token bucket's burst with the fallback rate; other algorithms ignore it.
+        let fb_burst = (burst.saturating_mul(fallback) / limit.max(1)).max(1);
+        match self.charge_local(host, i, slot, None, &layer.algorithm, fallback, fb_burst, now_ns) {
+            Ok(d) => Failed::Decided(d),
+            Err(_) => {
+                host.count(i, Event::StoreError);
+                Failed::Admit
+            }
+        }
+    }
+
+    fn unavailable<H: Host>(&self, host: &mut H, i: usize, layer: &Layer, held: &mut Vec<Held>) -> Verdict {
+        host.count(i, Event::Rejected);
+        self.release(host, held);
+        Verdict {
+            rejection: Some(Rejection {
+                status: 503,
+                headers: vec![
+                    ("retry-after", "1".to_string()),
+                    ("content-type", "application/json".to_string()),
+                ],
+                body: headers::rejection_body("rate_limiter_unavailable", &layer.name, 1),
+            }),
+            ..Verdict::default()
+        }
     }
 
     /// Returns concurrency slots held by a stream. Call when the stream ends, however
@@ -273,28 +497,28 @@ impl Engine {
         true
     }
 
-    /// Hashes the layer's key for this request; `None` when a part is missing.
-    fn key_hash<H: Host>(&self, index: usize, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<u64> {
-        let mut h = self.seed.hasher(index as u64);
+    /// The layer's key parts for this request, tagged; `None` when a part is missing.
+    fn key_parts<H: Host>(&self, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<Vec<(u8, Vec<u8>)>> {
+        let mut parts = Vec::with_capacity(layer.key.len());
         for part in &layer.key {
-            match part {
-                KeyPart::Ip => {
-                    let ip = facts.ip(host, self.policy.ip_source, self.policy.ipv6_prefix)?;
-                    slots::write_part(&mut h, 1, ip.as_bytes());
-                }
-                KeyPart::Global => slots::write_part(&mut h, 2, b""),
-                KeyPart::Route => slots::write_part(&mut h, 3, b""),
-                KeyPart::Header(name) => {
-                    let v = host.header(name).filter(|v| !v.is_empty())?;
-                    slots::write_part(&mut h, 4, &v);
-                }
-                KeyPart::Query(name) => {
-                    let v = query::param(facts.path(host)?, name.as_bytes()).filter(|v| !v.is_empty())?;
-                    slots::write_part(&mut h, 5, &v);
-                }
-            }
+            parts.push(match part {
+                KeyPart::Ip => (
+                    1,
+                    facts
+                        .ip(host, self.policy.ip_source, self.policy.ipv6_prefix)?
+                        .as_bytes()
+                        .to_vec(),
+                ),
+                KeyPart::Global => (2, Vec::new()),
+                KeyPart::Route => (3, Vec::new()),
+                KeyPart::Header(name) => (4, host.header(name).filter(|v| !v.is_empty())?),
+                KeyPart::Query(name) => (
+                    5,
+                    query::param(facts.path(host)?, name.as_bytes()).filter(|v| !v.is_empty())?,
+                ),
+            });
         }
-        Some(slots::finish(h))
+        Some(parts)
     }
 
     fn report<'a>(&'a self, i: usize, d: &Decision) -> Report<'a> {
@@ -320,15 +544,25 @@ impl Engine {
         }
     }
 
-    fn reject_missing<H: Host>(&self, i: usize, layer: &Layer, host: &mut H, verdict: &mut Verdict) {
+    fn reject_missing<H: Host>(&self, i: usize, layer: &Layer, host: &mut H, held: &mut Vec<Held>) -> Verdict {
         host.count(i, Event::Rejected);
-        self.release(host, &mut verdict.held);
-        verdict.rejection = Some(Rejection {
-            status: layer.status,
-            headers: vec![("content-type", "application/json".to_string())],
-            body: headers::rejection_body("missing_key", &layer.name, 0),
-        });
+        self.release(host, held);
+        Verdict {
+            rejection: Some(Rejection {
+                status: layer.status,
+                headers: vec![("content-type", "application/json".to_string())],
+                body: headers::rejection_body("missing_key", &layer.name, 0),
+            }),
+            ..Verdict::default()
+        }
     }
+}
+
+/// Outcome of a cluster layer whose sidecar failed.
+enum Failed {
+    Decided(Decision),
+    Admit,
+    Closed,
 }
 
 /// Read-modify-write of one shared-data counter with compare-and-swap, so that workers

@@ -307,3 +307,112 @@ fn request_reads_only_what_layers_need() {
     e.check(&mut host, T0);
     assert_eq!(host.header_reads, 0);
 }
+
+mod cluster_layers {
+    use super::*;
+    use crate::engine::Step;
+    use crate::wire::{Batch, Outcome, Outcomes};
+
+    const SYNC: &str = r#"{"sidecar":{"upstream":"sc","key_secret":"0123456789abcdef"},"failure_mode":"FM","layers":[
+        {"name":"keys","key":"header:x-api-key","algorithm":"fixed_window","limit":5,"window":"1m","scope":"cluster","sync":"sync"FB},
+        {"name":"after","key":"global","algorithm":"fixed_window","limit":100,"window":"1m"}]}"#;
+
+    fn policy(mode: &str, fallback: &str) -> String {
+        SYNC.replace("FM", mode).replace("FB", fallback)
+    }
+
+    fn outcome(allowed: bool, remaining: u64) -> Outcomes {
+        let o = Outcome {
+            allowed,
+            limit: 5,
+            remaining,
+            reset_ms: 30_000,
+            retry_after_ms: if allowed { 0 } else { 30_000 },
+            skipped: false,
+        };
+        Outcomes { results: vec![o] }
+    }
+
+    /// Checks one request, answering the sidecar call with `answer`.
+    fn ask(
+        w: &crate::testing::Worker,
+        host: &mut FakeHost,
+        answer: Option<Outcomes>,
+    ) -> (Batch, crate::engine::Verdict) {
+        let mut st = w.state.borrow_mut();
+        match w.engine.check(host, &mut st, T0) {
+            Step::Ask(p, body) => {
+                let batch: Batch = serde_json::from_slice(&body).expect("a hit batch");
+                match w.engine.resume(host, &mut st, *p, answer, T0) {
+                    Step::Done(v) => (batch, v),
+                    Step::Ask(..) => panic!("asked twice"),
+                }
+            }
+            Step::Done(_) => panic!("a sync layer must ask the sidecar"),
+        }
+    }
+
+    #[test]
+    fn sync_layer_asks_with_a_hashed_key_and_applies_the_answer() {
+        let w = engine(&policy("open", ""));
+        let mut host = FakeHost::new().with_header("x-api-key", b"sk_live_secret");
+        let (batch, v) = ask(&w, &mut host, Some(outcome(true, 3)));
+        assert_eq!(batch.hits.len(), 1);
+        assert!(batch.hits[0].key.starts_with("keys:"));
+        assert!(
+            !serde_json::to_string(&batch).unwrap().contains("sk_live"),
+            "the API key never leaves in clear"
+        );
+        assert!(v.rejection.is_none());
+        assert_eq!(header(&v.response_headers, "x-ratelimit-remaining"), Some("3"));
+        assert_eq!(host.count_of(1, Event::Allowed), 1, "the local layer after it ran");
+
+        let (_, v) = ask(&w, &mut host, Some(outcome(false, 0)));
+        assert_eq!(v.rejection.map(|r| r.status), Some(429));
+        assert_eq!(
+            host.count_of(1, Event::Allowed),
+            1,
+            "a rejected request is not charged to later layers"
+        );
+    }
+
+    #[test]
+    fn sidecar_failure_open_uses_the_fallback_limit() {
+        let w = engine(&policy("open", r#","fallback":{"limit":2}"#));
+        let mut host = FakeHost::new().with_header("x-api-key", b"k");
+        let got: Vec<bool> = (0..4).map(|_| ask(&w, &mut host, None).1.rejection.is_none()).collect();
+        assert_eq!(got, [true, true, false, false]);
+        assert_eq!(host.count_of(0, Event::SidecarError), 4);
+        assert_eq!(host.count_of(0, Event::FailOpen), 4);
+        // Without a fallback, fail-open admits everything.
+        let w = engine(&policy("open", ""));
+        assert!((0..10).all(|_| ask(&w, &mut host, None).1.rejection.is_none()));
+    }
+
+    #[test]
+    fn sidecar_failure_closed_answers_503() {
+        let w = engine(&policy("closed", ""));
+        let mut host = FakeHost::new().with_header("x-api-key", b"k");
+        let r = ask(&w, &mut host, None).1.rejection.expect("closed");
+        assert_eq!(r.status, 503);
+        assert!(r.body.contains("rate_limiter_unavailable"));
+    }
+
+    #[test]
+    fn async_layer_decides_locally_and_queues_reports() {
+        let w = engine(
+            r#"{"sidecar":{"upstream":"sc"},"layers":[
+            {"name":"keys","key":"header:x-api-key","algorithm":"fixed_window","limit":3,"window":"1m","scope":"cluster","sync":"async","fallback":{"limit":1}}]}"#,
+        );
+        let mut host = FakeHost::new().with_header("x-api-key", b"k");
+        let got: Vec<bool> = (0..5).map(|_| w.check(&mut host, T0).rejection.is_none()).collect();
+        assert_eq!(got, [true, true, true, false, false]);
+        let (batch, _) = w.state.borrow_mut().views.take_report().expect("hits queued");
+        assert_eq!(batch.hits[0].cost, 3);
+        // While reports fail, the node-local fallback limit applies.
+        w.state.borrow_mut().sidecar_failing = true;
+        let mut other = FakeHost::new().with_header("x-api-key", b"other");
+        let got: Vec<bool> = (0..3).map(|_| w.check(&mut other, T0).rejection.is_none()).collect();
+        assert_eq!(got, [true, false, false]);
+    }
+}

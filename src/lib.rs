@@ -6,6 +6,7 @@
 
 pub mod algorithms;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod duration;
 pub mod engine;

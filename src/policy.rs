@@ -135,6 +135,26 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// Slots of this layer's node-local table: its counters when local, its `fallback`
+    /// counters when cluster-scoped (none without a fallback).
+    pub fn table_slots(&self) -> u32 {
+        match (&self.scope, &self.cluster) {
+            (Scope::Local, _) => self.slots,
+            (
+                Scope::Cluster,
+                Some(Cluster {
+                    fallback_limit: Some(_),
+                    ..
+                }),
+            ) => self.slots,
+            (Scope::Cluster, _) => 0,
+        }
+    }
+
+    pub fn sync_mode(&self) -> Option<SyncMode> {
+        self.cluster.as_ref().map(|c| c.sync)
+    }
+
     /// Limit and burst for a request, after tier resolution.
     pub fn limits_for(&self, tier_value: Option<&[u8]>) -> (u64, u64) {
         let layer_burst = match self.algorithm {
@@ -156,6 +176,8 @@ impl Layer {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sidecar {
+    /// Keys the hash that names counters at the sidecar; shared by the whole fleet.
+    pub key_secret: Option<String>,
     pub upstream: String,
     pub authority: String,
     pub timeout_ms: u64,

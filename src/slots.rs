@@ -59,6 +59,17 @@ impl Seed {
     }
 }
 
+impl Seed {
+    /// The slot hash of a layer's tagged key parts.
+    pub fn hash(&self, layer: u64, parts: &[(u8, Vec<u8>)]) -> u64 {
+        let mut h = self.hasher(layer);
+        for (tag, bytes) in parts {
+            write_part(&mut h, *tag, bytes);
+        }
+        finish(h)
+    }
+}
+
 /// Adds one key part, tagged and length-prefixed so that composite keys cannot be
 /// confused (`["a", "bc"]` never hashes like `["ab", "c"]`).
 #[allow(deprecated)]

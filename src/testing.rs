@@ -4,8 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::engine::{Engine, Event, Host, HostError, SetOutcome, Verdict, EVENTS};
-use crate::lease::Leases;
+use crate::engine::{Engine, Event, Host, HostError, SetOutcome, Step, Verdict, WorkerState, EVENTS};
 use crate::slots::Seed;
 
 #[derive(Default)]
@@ -112,22 +111,26 @@ impl Host for FakeHost {
     }
 }
 
-/// One worker: the engine plus its own leases.
+/// One worker: the engine plus its own state.
 pub struct Worker {
     pub engine: Engine,
-    pub leases: RefCell<Leases>,
+    pub state: RefCell<WorkerState>,
 }
 
 impl Worker {
+    /// Checks a request whose layers need no sidecar call: the answer is final.
     pub fn check(&self, host: &mut FakeHost, now: u64) -> Verdict {
-        self.engine.check(host, &mut self.leases.borrow_mut(), now)
+        match self.engine.check(host, &mut self.state.borrow_mut(), now) {
+            Step::Done(v) => v,
+            Step::Ask(..) => panic!("this test expected no sidecar call"),
+        }
     }
 
-    /// Another worker of the same proxy: same policy and seed, its own leases.
+    /// Another worker of the same proxy: same policy and seed, its own state.
     pub fn sibling(&self) -> Worker {
         let engine = Engine::new(self.engine.policy.clone(), SEED);
         Worker {
-            leases: RefCell::new(engine.leases()),
+            state: RefCell::new(engine.worker_state()),
             engine,
         }
     }
@@ -147,7 +150,7 @@ pub fn engine(json: &str) -> Worker {
     let policy = crate::config::compile(json.as_bytes()).unwrap_or_else(|e| panic!("test config refused: {e}"));
     let engine = Engine::new(policy, SEED);
     Worker {
-        leases: RefCell::new(engine.leases()),
+        state: RefCell::new(engine.worker_state()),
         engine,
     }
 }

@@ -106,6 +106,16 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (l(r#""sync":"sync""#), "layers[0].sync:", "scope"),
         (l(r#""fallback":{"limit":3}"#), "layers[0].fallback:", "scope"),
         (l(r#""scope":"cluster""#), "layers[0].scope:", "sidecar"),
+        (
+            with_layer(r#"{"name":"c","key":"route","algorithm":"concurrency","limit":5,"scope":"cluster"}"#),
+            "layers[0].scope:",
+            "in flight",
+        ),
+        (
+            format!(r#"{{"sidecar":{{"upstream":"s","key_secret":"short"}},"layers":[{OK_LAYER}]}}"#),
+            "sidecar.key_secret:",
+            "16",
+        ),
         (l(r#""slots":0"#), "layers[0].slots:", "out of range"),
         (
             replace(r#""key":"ip""#, r#""key":"global","slots":8"#),
@@ -239,8 +249,8 @@ fn hostile_values_are_shortened_in_errors() {
 }
 
 #[test]
-fn the_design_example_compiles_apart_from_cluster_layers() {
-    // DESIGN.md §2's example, with cluster layers made local: this build has no sidecar.
+fn the_design_example_compiles_all_local() {
+    // DESIGN.md §2's example with every layer local: no sidecar needed.
     let text = r#"{
       "client_ip": { "from": "peer", "trusted_hops": 0 },
       "failure_mode": "open",
@@ -264,18 +274,34 @@ fn the_design_example_compiles_apart_from_cluster_layers() {
 }
 
 #[test]
-fn the_full_design_example_with_cluster_layers_is_refused_only_for_scope() {
+fn the_full_design_example_compiles() {
     let text = r#"{
+      "client_ip": { "from": "peer", "trusted_hops": 0 },
       "sidecar": { "upstream": "rampart_sidecar", "authority": "rampart-sidecar", "timeout": "25ms", "token": null },
+      "failure_mode": "open",
+      "headers": "draft",
       "layers": [
+        { "name": "edge", "key": "ip", "algorithm": "sliding_window",
+          "limit": 100, "window": "1m", "scope": "local" },
         { "name": "keys", "key": "header:x-api-key", "algorithm": "sliding_window",
           "limit": 1000, "window": "1m", "scope": "cluster", "sync": "async", "sync_interval": "100ms",
-          "fallback": { "limit": 200 } }
+          "fallback": { "limit": 200 },
+          "tiers": { "from": "header:x-plan", "default": "free",
+                     "limits": { "free": { "limit": 100 }, "paid": { "limit": 5000 } } } },
+        { "name": "orders", "match": { "path_prefix": "/orders", "methods": ["POST"] },
+          "key": "route", "algorithm": "concurrency", "limit": 50, "status": 503 },
+        { "name": "global", "key": "global", "algorithm": "token_bucket",
+          "limit": 100000, "window": "1s", "burst": 20000, "scope": "cluster", "sync": "sync", "status": 503 }
       ]
     }"#;
-    let err = compile(text.as_bytes()).map(|_| ()).unwrap_err().to_string();
-    assert!(err.starts_with("layers[0].scope:"), "{err}");
-    assert!(err.contains("sidecar"), "{err}");
+    let p = compile(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.layers[1].cluster.as_ref().and_then(|c| c.fallback_limit), Some(200));
+    assert_eq!(
+        p.layers[1].table_slots(),
+        p.layers[1].slots,
+        "fallback counters are node-local"
+    );
+    assert_eq!(p.layers[3].table_slots(), 0, "no fallback: no local table");
 }
 
 #[test]
