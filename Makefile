@@ -40,8 +40,10 @@ test: wasm envoy redis sidecar validate
 	$(CARGO) test --workspace --release
 
 validate: wasm envoy
-	@out=$$($(ENVOY) --mode validate -c filters/envoy/envoy.yaml 2>&1) || { echo "$$out"; exit 1; }
-	@echo "filters/envoy/envoy.yaml: valid for Envoy $(ENVOY_VERSION)"
+	@for f in filters/envoy/*.yaml; do \
+	  out=$$($(ENVOY) --mode validate -c $$f 2>&1) || { echo "$$out"; exit 1; }; \
+	  echo "$$f: valid for Envoy $(ENVOY_VERSION)"; \
+	done
 
 demo: wasm envoy
 	$(CARGO) run --quiet --release -p rampart-test-harness --bin demo

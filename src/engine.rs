@@ -281,6 +281,12 @@ impl Engine {
         self.run(host, ws, p, now_ns)
     }
 
+    /// Gives up on a paused request (its stream ended while the sidecar was asked):
+    /// returns what it holds.
+    pub fn abandon<H: Host>(&self, host: &mut H, mut p: Paused) {
+        self.release(host, &mut p.held);
+    }
+
     fn run<H: Host>(&self, host: &mut H, ws: &mut WorkerState, mut p: Paused, now_ns: u64) -> Step {
         while p.next < self.policy.layers.len() {
             let i = p.next;

@@ -11,6 +11,9 @@ pub type Status = u32;
 
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
+pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const STREAM_HTTP_REQUEST: u32 = 0;
 pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 pub const METRIC_COUNTER: u32 = 0;
 
@@ -71,6 +74,7 @@ extern "C" {
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> Status;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
+    fn proxy_continue_stream(stream_type: u32) -> Status;
 }
 
 /// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`
@@ -102,11 +106,21 @@ pub fn log(level: u32, message: &str) {
     let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
 }
 
-pub fn plugin_configuration(size: usize) -> Result<Option<Vec<u8>>, Status> {
+pub fn buffer(kind: u32, size: usize) -> Result<Option<Vec<u8>>, Status> {
     let (mut data, mut len) = (null_mut(), 0usize);
     // SAFETY: out-pointers are valid locals.
-    let status = unsafe { proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
+    let status = unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut len) };
     found(status, data, len)
+}
+
+pub fn plugin_configuration(size: usize) -> Result<Option<Vec<u8>>, Status> {
+    buffer(BUFFER_PLUGIN_CONFIGURATION, size)
+}
+
+/// Resumes a request paused in `on_http_request_headers`.
+pub fn continue_request() -> Status {
+    // SAFETY: plain value.
+    unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) }
 }
 
 pub fn header(map: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {

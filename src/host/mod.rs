@@ -3,6 +3,7 @@
 
 mod abi;
 mod logger;
+mod sidecar;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,9 +13,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::config;
-use crate::engine::{Engine, Event, Held, Host, HostError, SetOutcome, EVENTS};
+use crate::engine::{Engine, Event, Held, Host, HostError, Paused, SetOutcome, Step, WorkerState, EVENTS};
 use crate::host_status::{self, CAS_MISMATCH, NOT_FOUND, OK};
-use crate::lease::Leases;
+use crate::policy::SyncMode;
 use crate::slots::{Seed, SEED_KEY};
 
 proxy_wasm::main! {{
@@ -42,9 +43,12 @@ struct PendingMetrics {
 struct Compiled {
     engine: Engine,
     metrics: MetricIds,
-    /// This worker's leases (one VM per worker thread: never shared across threads).
-    leases: RefCell<Leases>,
+    /// This worker's leases and async views (one VM per worker thread: never shared
+    /// across threads).
+    worker: RefCell<WorkerState>,
     pending: RefCell<PendingMetrics>,
+    /// Shortest `sync_interval` of the async layers, if any.
+    report_every_ns: Option<u64>,
 }
 
 impl Compiled {
@@ -72,9 +76,36 @@ impl Compiled {
 #[derive(Default)]
 struct Root {
     compiled: Option<Rc<Compiled>>,
+    last_flush_ns: u64,
+    /// The async report in flight: its token and the hits it carries.
+    report: Option<(u32, crate::cluster::InFlight)>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        let Some((expected, sent)) = self.report.take() else {
+            return;
+        };
+        if expected != token {
+            self.report = Some((expected, sent));
+            return;
+        }
+        let Some(c) = self.compiled.clone() else { return };
+        let answer = sidecar::answer(num_headers, body_size);
+        let Ok(mut w) = c.worker.try_borrow_mut() else { return };
+        let ok = answer.is_some();
+        if ok == w.sidecar_failing {
+            if ok {
+                log::info!("rampart: sidecar reachable again; async layers are exact again");
+            } else {
+                log::warn!("rampart: sidecar report failed; async layers use their fallback limits");
+            }
+        }
+        w.sidecar_failing = !ok;
+        w.views
+            .apply_report(sent, answer.as_ref().map(|a| a.results.as_slice()), now_ns());
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
@@ -114,30 +145,67 @@ impl RootContext for Root {
             return false;
         }
         let metrics = define_metrics(&engine);
-        if abi::set_tick_period_ms(METRICS_FLUSH_MS) != OK {
+        let report_every_ns = engine
+            .policy
+            .layers
+            .iter()
+            .filter_map(|l| l.cluster.as_ref().filter(|c| c.sync == SyncMode::Async))
+            .map(|c| c.sync_interval_ms * 1_000_000)
+            .min();
+        let tick_ms = report_every_ns.map_or(METRICS_FLUSH_MS, |ns| ((ns / 1_000_000) as u32).min(METRICS_FLUSH_MS));
+        if abi::set_tick_period_ms(tick_ms) != OK {
             log::info!("rampart: this host has no tick; metrics are published every {METRICS_FLUSH_AFTER} counts");
+            if report_every_ns.is_some() {
+                log::warn!(
+                    "rampart: without a tick, async cluster layers cannot report: use \"sync\": \"sync\" on this host"
+                );
+            }
         }
         log::info!("rampart: configured {} layer(s)", engine.policy.layers.len());
         let pending = PendingMetrics {
             counts: vec![[0; EVENTS.len()]; engine.policy.layers.len()],
             total: 0,
         };
-        let leases = RefCell::new(engine.leases());
+        let worker = RefCell::new(engine.worker_state());
         if let Some(old) = self.compiled.take() {
             old.flush_metrics();
         }
         self.compiled = Some(Rc::new(Compiled {
             engine,
             metrics,
-            leases,
+            worker,
             pending: RefCell::new(pending),
+            report_every_ns,
         }));
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(c) = &self.compiled {
+        let Some(c) = self.compiled.clone() else { return };
+        let now = now_ns();
+        if now.saturating_sub(self.last_flush_ns) >= u64::from(METRICS_FLUSH_MS) * 1_000_000 {
             c.flush_metrics();
+            self.last_flush_ns = now;
+        }
+        // The tick runs at the shortest sync_interval, so every tick reports (an
+        // elapsed-time check would let jitter stretch the interval towards 2T).
+        if c.report_every_ns.is_none() || self.report.is_some() {
+            return;
+        }
+        let (Some(sidecar), Ok(mut w)) = (c.engine.policy.sidecar.as_ref(), c.worker.try_borrow_mut()) else {
+            return;
+        };
+        let Some((batch, sent)) = w.views.take_report() else {
+            return;
+        };
+        let body = serde_json::to_vec(&batch).unwrap_or_default();
+        match sidecar::dispatch(sidecar, sidecar::REPORT_PATH, &body) {
+            Ok(token) => self.report = Some((token, sent)),
+            Err(why) => {
+                log::warn!("rampart: {why}");
+                w.views.apply_report(sent, None, now);
+                w.sidecar_failing = true;
+            }
         }
     }
 
@@ -149,6 +217,7 @@ impl RootContext for Root {
             compiled,
             response_headers: Vec::new(),
             held: Vec::new(),
+            paused: None,
         }))
     }
 
@@ -276,54 +345,124 @@ struct Stream {
     compiled: Rc<Compiled>,
     response_headers: Vec<(&'static str, String)>,
     held: Vec<Held>,
+    /// Waiting for the sidecar: the call's token and where to resume.
+    paused: Option<(u32, Box<Paused>)>,
 }
 
 impl Stream {
     fn release(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
         let mut host = Hostcalls {
             compiled: &self.compiled,
         };
-        self.compiled.engine.release(&mut host, &mut self.held);
+        if let Some((_, p)) = self.paused.take() {
+            self.compiled.engine.abandon(&mut host, *p);
+        }
+        if !self.held.is_empty() {
+            self.compiled.engine.release(&mut host, &mut self.held);
+        }
+    }
+
+    /// Runs the engine one step: `Pause` while the sidecar is asked, `Continue` when
+    /// admitted, `Pause` after sending a rejection. `resumed` is true when the request
+    /// was paused before and must be continued explicitly.
+    fn step(&mut self, answer: Option<(Box<Paused>, Option<crate::wire::Outcomes>)>, resumed: bool) -> Action {
+        let compiled = Rc::clone(&self.compiled);
+        let mut host = Hostcalls { compiled: &compiled };
+        let Ok(mut worker) = compiled.worker.try_borrow_mut() else {
+            // Unreachable on a single-threaded VM; if a host ever re-enters, admit rather
+            // than trap.
+            return self.admit(resumed);
+        };
+        let mut step = match answer {
+            None => compiled.engine.check(&mut host, &mut worker, now_ns()),
+            Some((p, a)) => {
+                note_sidecar(&mut worker, a.is_some());
+                compiled.engine.resume(&mut host, &mut worker, *p, a, now_ns())
+            }
+        };
+        loop {
+            match step {
+                Step::Done(verdict) => {
+                    drop(worker);
+                    self.held = verdict.held;
+                    let Some(rejection) = verdict.rejection else {
+                        self.response_headers = verdict.response_headers;
+                        return self.admit(resumed);
+                    };
+                    let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                    let status =
+                        abi::send_local_response(rejection.status, "rampart", rejection.body.as_bytes(), &headers);
+                    if status != OK {
+                        // The host could not answer for us; letting the request through
+                        // is the only way that does not hang the client.
+                        log::warn!(
+                            "rampart: local response failed ({}); request admitted",
+                            host_status::describe(status)
+                        );
+                        return self.admit(resumed);
+                    }
+                    return Action::Pause;
+                }
+                Step::Ask(p, body) => {
+                    let Some(sc) = compiled.engine.policy.sidecar.as_ref() else {
+                        step = compiled.engine.resume(&mut host, &mut worker, *p, None, now_ns());
+                        continue;
+                    };
+                    match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body) {
+                        Ok(token) => {
+                            self.paused = Some((token, p));
+                            return Action::Pause;
+                        }
+                        Err(why) => {
+                            if !worker.sidecar_failing {
+                                log::warn!("rampart: {why}");
+                            }
+                            note_sidecar(&mut worker, false);
+                            step = compiled.engine.resume(&mut host, &mut worker, *p, None, now_ns());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, resumed: bool) -> Action {
+        if resumed {
+            let _ = abi::continue_request();
+        }
+        Action::Continue
     }
 }
 
-impl Context for Stream {}
+/// Records whether the sidecar answered, logging only when that changes.
+fn note_sidecar(worker: &mut WorkerState, ok: bool) {
+    if ok == worker.sidecar_failing {
+        if ok {
+            log::info!("rampart: sidecar answering again");
+        } else {
+            log::warn!("rampart: sidecar failed or timed out; failure_mode applies");
+        }
+    }
+    worker.sidecar_failing = !ok;
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        let Some((expected, p)) = self.paused.take() else {
+            return;
+        };
+        if expected != token {
+            self.paused = Some((expected, p));
+            return;
+        }
+        let answer = sidecar::answer(num_headers, body_size);
+        self.step(Some((p, answer)), true);
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let compiled = Rc::clone(&self.compiled);
-        let mut host = Hostcalls { compiled: &compiled };
-        let verdict = match compiled.leases.try_borrow_mut() {
-            Ok(mut leases) => compiled.engine.check(&mut host, &mut leases, now_ns()),
-            // Unreachable on a single-threaded VM; if a host ever re-enters, admit rather
-            // than trap.
-            Err(_) => return Action::Continue,
-        };
-        self.held = verdict.held;
-        let Some(rejection) = verdict.rejection else {
-            self.response_headers = verdict.response_headers;
-            return Action::Continue;
-        };
-        let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let status = abi::send_local_response(
-            rejection.status,
-            "rampart_rate_limited",
-            rejection.body.as_bytes(),
-            &headers,
-        );
-        if status != OK {
-            // The host could not answer for us; letting the request through is the only
-            // way that does not hang the client.
-            log::warn!(
-                "rampart: local response failed ({}); request admitted",
-                host_status::describe(status)
-            );
-            return Action::Continue;
-        }
-        Action::Pause
+        self.step(None, false)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {

@@ -32,6 +32,8 @@ pub struct Options {
     pub concurrency: u32,
     /// Another Envoy config file from the repository to start from.
     pub template: &'static str,
+    /// Port of rampart-sidecar, for the `rampart_sidecar` cluster of the template.
+    pub sidecar_port: Option<u16>,
 }
 
 impl Options {
@@ -41,6 +43,16 @@ impl Options {
             upstream_port,
             concurrency: 1,
             template: "filters/envoy/envoy.yaml",
+            sidecar_port: None,
+        }
+    }
+
+    /// Rampart with cluster layers: the cluster template, pointed at a sidecar.
+    pub fn fleet(plugin_json: &str, upstream_port: u16, sidecar_port: u16) -> Options {
+        Options {
+            template: "filters/envoy/envoy-cluster.yaml",
+            sidecar_port: Some(sidecar_port),
+            ..Options::rampart(plugin_json, upstream_port)
         }
     }
 }
@@ -93,6 +105,24 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
     let listener = at(&mut cfg, &["static_resources", "listeners", "0"]);
     *at(listener, &["address", "socket_address", "port_value"]) = json!(port);
     if let Some(clusters) = cfg["static_resources"]["clusters"].as_array_mut() {
+        for c in clusters.iter_mut().filter(|c| c["name"] == "rampart_sidecar") {
+            if let Some(port) = opts.sidecar_port {
+                let sa = at(
+                    c,
+                    &[
+                        "load_assignment",
+                        "endpoints",
+                        "0",
+                        "lb_endpoints",
+                        "0",
+                        "endpoint",
+                        "address",
+                        "socket_address",
+                    ],
+                );
+                sa["port_value"] = json!(port);
+            }
+        }
         for c in clusters.iter_mut().filter(|c| c["name"] == "upstream") {
             let sa = at(
                 c,

@@ -26,8 +26,11 @@ pub struct RedisNode {
 
 impl RedisNode {
     fn spawn(extra: &[&str]) -> RedisNode {
+        RedisNode::spawn_on(free_port(), extra)
+    }
+
+    fn spawn_on(port: u16, extra: &[&str]) -> RedisNode {
         let dir = TempDir::new("redis");
-        let port = free_port();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -67,6 +70,11 @@ impl RedisNode {
 
     pub fn start() -> RedisNode {
         RedisNode::spawn(&[])
+    }
+
+    /// A fresh server on a given port (to bring one back where clients expect it).
+    pub fn start_on(port: u16) -> RedisNode {
+        RedisNode::spawn_on(port, &[])
     }
 
     pub fn url(&self) -> String {

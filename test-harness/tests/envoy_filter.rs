@@ -367,7 +367,15 @@ fn every_shipped_example_runs_in_envoy() {
     assert!(names.len() >= 4, "{names:?}");
     for name in names {
         let plugin = example(&name);
-        let envoy = Envoy::start(&Options::rampart(&plugin.to_string(), upstream.port));
+        // Examples with cluster layers run against a sidecar, from the cluster template.
+        let sidecar = plugin
+            .get("sidecar")
+            .map(|_| rampart_test_harness::sidecar::Sidecar::start(&[]));
+        let opts = match &sidecar {
+            Some(sc) => Options::fleet(&plugin.to_string(), upstream.port, sc.port),
+            None => Options::rampart(&plugin.to_string(), upstream.port),
+        };
+        let envoy = Envoy::start(&opts);
         let r = envoy
             .client()
             .get(
@@ -376,6 +384,14 @@ fn every_shipped_example_runs_in_envoy() {
             )
             .unwrap();
         assert_eq!(r.status, 200, "{name}: {}", r.body_text());
+        if sidecar.is_some() {
+            let m = envoy.metrics_reach(&[("rampart_keys_allowed", 1.0)]);
+            assert_eq!(
+                m.get("rampart_keys_sidecar_errors"),
+                Some(&0.0),
+                "{name}: the sidecar answered"
+            );
+        }
         assert!(
             r.header("x-ratelimit-remaining").is_some() || r.header("ratelimit").is_some(),
             "{name}: no rate-limit headers in {:?}",

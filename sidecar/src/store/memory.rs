@@ -41,12 +41,9 @@ impl MemoryStore {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().map_or(0, |m| m.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn apply(&self, key: &str, rule: Rule, cost: u64, mode: Mode) -> Applied {

@@ -126,6 +126,7 @@ fn main() {
                 upstream_port: 1,
                 concurrency: 1,
                 template: "filters/envoy/envoy.yaml",
+                sidecar_port: None,
             };
             Envoy::start_with(&opts, direct_response)
         })

@@ -1,0 +1,253 @@
+//! Cluster layers end to end: several real Envoys, rampart-sidecar, Redis (single node
+//! and a 3-master Cluster), and faults. Everything on loopback, free ports.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rampart_test_harness::envoy::{Envoy, Options};
+use rampart_test_harness::http::Client;
+use rampart_test_harness::redis::{RedisCluster, RedisNode};
+use rampart_test_harness::sidecar::Sidecar;
+use rampart_test_harness::upstream::Upstream;
+use serde_json::{json, Value};
+
+/// A plugin config with one cluster layer keyed by API key.
+fn keyed(sync: &str, limit: u64, failure_mode: &str, fallback: Option<u64>, timeout: &str) -> Value {
+    let mut layer = json!({"name": "keys", "key": "header:x-api-key", "algorithm": "fixed_window",
+        "limit": limit, "window": "1h", "scope": "cluster", "sync": sync});
+    if sync == "async" {
+        layer["sync_interval"] = json!("100ms");
+    }
+    if let Some(f) = fallback {
+        layer["fallback"] = json!({"limit": f});
+    }
+    json!({
+        "sidecar": {"upstream": "rampart_sidecar", "timeout": timeout, "key_secret": "test-fleet-secret-0123"},
+        "failure_mode": failure_mode,
+        "layers": [layer]
+    })
+}
+
+fn gateways(n: usize, plugin: &Value, upstream: &Upstream, sidecar: &Sidecar) -> Vec<Envoy> {
+    (0..n)
+        .map(|_| Envoy::start(&Options::fleet(&plugin.to_string(), upstream.port, sidecar.port)))
+        .collect()
+}
+
+/// Sends `per_gateway` requests with `key` to each gateway from its own thread, all at
+/// once; returns how many were admitted.
+fn hammer(envoys: &[Envoy], key: &str, per_gateway: usize) -> u64 {
+    hammer_paced(envoys, key, per_gateway, Duration::ZERO)
+}
+
+/// Like `hammer`, with `gap` between one thread's requests.
+fn hammer_paced(envoys: &[Envoy], key: &str, per_gateway: usize, gap: Duration) -> u64 {
+    let ok = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = envoys
+        .iter()
+        .map(|e| {
+            let (port, ok, key) = (e.port, Arc::clone(&ok), key.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                for _ in 0..per_gateway {
+                    std::thread::sleep(gap);
+                    let r = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request");
+                    assert!(
+                        r.status == 200 || r.status == 429,
+                        "unexpected {}: {}",
+                        r.status,
+                        r.body_text()
+                    );
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    ok.load(Ordering::SeqCst)
+}
+
+#[test]
+fn three_gateways_sync_admit_exactly_the_limit_through_redis() {
+    let redis = RedisNode::start();
+    let sidecar = Sidecar::start(&["--redis", &redis.url()]);
+    let upstream = Upstream::start();
+    let envoys = gateways(3, &keyed("sync", 40, "closed", None, "500ms"), &upstream, &sidecar);
+    assert_eq!(
+        hammer(&envoys, "shared-key", 30),
+        40,
+        "90 requests over 3 gateways, limit 40"
+    );
+    assert_eq!(upstream.served(), 40);
+    // The key never reached Redis in clear.
+    let keys = rampart_test_harness::redis::command(redis.port, "KEYS *").unwrap();
+    assert!(keys.contains("rampart:v1:fixed_window:3600000:{keys:"), "{keys}");
+    assert!(!keys.contains("shared-key"), "{keys}");
+    // Headers carry the cluster-wide numbers.
+    let r = envoys[0].client().get("/", &[("x-api-key", b"fresh")]).unwrap();
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), Some(39));
+}
+
+#[test]
+fn three_gateways_async_stay_within_the_stated_bound() {
+    const LIMIT: u64 = 60;
+    let redis = RedisNode::start();
+    let sidecar = Sidecar::start(&["--redis", &redis.url()]);
+    let upstream = Upstream::start();
+    let envoys = gateways(3, &keyed("async", LIMIT, "open", None, "500ms"), &upstream, &sidecar);
+    // Paced at about 100 requests/s per gateway, so the bound is tighter than 3x limit.
+    let started = Instant::now();
+    let admitted = hammer_paced(&envoys, "async-key", 100, Duration::from_millis(10));
+    let elapsed = started.elapsed().as_secs_f64();
+    // README: limit + (N - 1) * min(limit, λ (T + d)), N = 3 workers, T = 100 ms; λ is
+    // one gateway's request rate in this run, d a generous 50 ms round trip.
+    let lambda = 100.0 / elapsed;
+    let bound = LIMIT + 2 * (LIMIT.min((lambda * 0.15).ceil() as u64));
+    eprintln!("async: admitted {admitted} of 300 in {elapsed:.2}s (λ {lambda:.0}/s per gateway), bound {bound}");
+    assert!(
+        admitted >= LIMIT,
+        "admitted {admitted}: async must not under-admit a fresh key"
+    );
+    assert!(admitted <= bound, "admitted {admitted} > bound {bound}");
+    assert!(
+        bound < 3 * LIMIT,
+        "the pacing should make the bound meaningful ({bound})"
+    );
+    // Once the reports have landed every gateway knows the key is spent.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(hammer(&envoys, "async-key", 5), 0);
+}
+
+#[test]
+fn redis_cluster_spreads_counters_and_stays_exact() {
+    let cluster = RedisCluster::start(3);
+    let sidecar = Sidecar::start(&["--redis-cluster", &cluster.urls()]);
+    let upstream = Upstream::start();
+    let envoys = gateways(3, &keyed("sync", 3, "closed", None, "500ms"), &upstream, &sidecar);
+    for k in 0..24 {
+        let key = format!("tenant-{k}");
+        assert_eq!(hammer(&envoys, &key, 2), 3, "{key}: 6 requests, limit 3");
+    }
+    for n in &cluster.nodes {
+        assert!(n.dbsize() > 0, "master on port {} holds no counters", n.port);
+    }
+}
+
+/// Sends requests one by one, timing each; returns statuses and the slowest.
+fn timed(envoy: &Envoy, key: &str, n: usize) -> (Vec<u16>, Duration) {
+    let mut c = envoy.client();
+    let mut slowest = Duration::ZERO;
+    let statuses = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let s = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request").status;
+            slowest = slowest.max(t.elapsed());
+            s
+        })
+        .collect();
+    (statuses, slowest)
+}
+
+#[test]
+fn sidecar_killed_fail_open_uses_fallback_then_exact_again() {
+    let redis = RedisNode::start();
+    let mut sidecar = Sidecar::start(&["--redis", &redis.url()]);
+    let port = sidecar.port;
+    let upstream = Upstream::start();
+    let envoy = &gateways(1, &keyed("sync", 5, "open", Some(2), "100ms"), &upstream, &sidecar)[0];
+    assert_eq!(timed(envoy, "k1", 6).0, [200, 200, 200, 200, 200, 429]);
+    sidecar.kill();
+    let (statuses, slowest) = timed(envoy, "k2", 4);
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429],
+        "fallback limit 2 while the sidecar is gone"
+    );
+    assert!(slowest < Duration::from_millis(1000), "a request waited {slowest:?}");
+    // Back on the same port: exact again, and k1's counter survived in Redis.
+    let _sidecar = Sidecar::start_on(port, &["--redis", &redis.url()]);
+    assert_eq!(timed(envoy, "k1", 1).0, [429]);
+    assert_eq!(timed(envoy, "k3", 6).0, [200, 200, 200, 200, 200, 429]);
+    rampart_test_harness::process::wait_for("sidecar error metrics", Duration::from_secs(10), || {
+        let m = envoy.prometheus();
+        let errors = m.get("rampart_keys_sidecar_errors").copied().unwrap_or(0.0);
+        let open = m.get("rampart_keys_fail_open").copied().unwrap_or(0.0);
+        (errors >= 4.0 && open >= 4.0).then_some(())
+    });
+}
+
+#[test]
+fn sidecar_gone_fail_closed_answers_503_quickly() {
+    let upstream = Upstream::start();
+    let mut sidecar = Sidecar::start(&[]);
+    let envoy = &gateways(1, &keyed("sync", 5, "closed", None, "100ms"), &upstream, &sidecar)[0];
+    assert_eq!(timed(envoy, "k", 1).0, [200]);
+    sidecar.kill();
+    let (statuses, slowest) = timed(envoy, "k", 3);
+    assert_eq!(statuses, [503, 503, 503]);
+    assert!(slowest < Duration::from_millis(1000), "a request waited {slowest:?}");
+    assert_eq!(upstream.served(), 1);
+}
+
+#[test]
+fn redis_frozen_paused_and_killed_degrade_then_recover() {
+    let mut redis = RedisNode::start();
+    let redis_port = redis.port;
+    let sidecar = Sidecar::start(&["--redis", &redis.url(), "--redis-timeout", "50ms"]);
+    let upstream = Upstream::start();
+    let envoy = &gateways(1, &keyed("sync", 4, "open", Some(1), "150ms"), &upstream, &sidecar)[0];
+    assert_eq!(timed(envoy, "a", 5).0, [200, 200, 200, 200, 429]);
+
+    // Frozen (SIGSTOP): nothing answers; the filter's timeout bounds every request.
+    redis.freeze();
+    let (statuses, slowest) = timed(envoy, "b", 3);
+    assert_eq!(statuses, [200, 429, 429], "fallback limit 1");
+    assert!(slowest < Duration::from_millis(1000), "a request waited {slowest:?}");
+    redis.thaw();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        timed(envoy, "c", 5).0,
+        [200, 200, 200, 200, 429],
+        "exact again after thaw"
+    );
+
+    // CLIENT PAUSE: Redis holds every client for a while.
+    rampart_test_harness::redis::command(redis_port, "CLIENT PAUSE 1500 ALL").unwrap();
+    let (statuses, slowest) = timed(envoy, "d", 2);
+    assert_eq!(statuses, [200, 429]);
+    assert!(slowest < Duration::from_millis(1000), "a request waited {slowest:?}");
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(
+        timed(envoy, "e", 5).0,
+        [200, 200, 200, 200, 429],
+        "exact again after the pause"
+    );
+
+    // Killed and restarted on the same port (empty): the sidecar reconnects.
+    let _ = redis.guard.child.kill();
+    let _ = redis.guard.child.wait();
+    let (statuses, _) = timed(envoy, "f", 2);
+    assert_eq!(statuses, [200, 429]);
+    redis = RedisNode::start_on(redis_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _) = timed(envoy, "g", 1);
+        if s == [200] || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        timed(envoy, "h", 5).0,
+        [200, 200, 200, 200, 429],
+        "exact after Redis came back"
+    );
+    drop(redis);
+}
