@@ -204,12 +204,25 @@ impl Envoy {
     }
 
     /// Starts Envoy after `edit` has adjusted the rendered config (bench routes, ...).
-    pub fn start_with(opts: &Options, edit: impl FnOnce(&mut Value)) -> Envoy {
+    pub fn start_with(opts: &Options, edit: impl Fn(&mut Value)) -> Envoy {
         Envoy::try_start_with(opts, edit)
             .unwrap_or_else(|f| panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log))
     }
 
-    pub fn try_start_with(opts: &Options, edit: impl FnOnce(&mut Value)) -> Result<Envoy, StartFailure> {
+    /// Ports are picked free but can be taken by someone else before Envoy binds them
+    /// (client sockets use the same range): such a start is retried on new ports.
+    pub fn try_start_with(opts: &Options, edit: impl Fn(&mut Value)) -> Result<Envoy, StartFailure> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Envoy::try_start_once(opts, &edit) {
+                Err(f) if attempt < 4 && f.log.contains("Address already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start_once(opts: &Options, edit: &impl Fn(&mut Value)) -> Result<Envoy, StartFailure> {
         let dir = TempDir::new("envoy");
         let (port, admin_port) = (free_port(), free_port());
         let cfg_path = dir.0.join("envoy.json");

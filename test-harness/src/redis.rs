@@ -26,10 +26,20 @@ pub struct RedisNode {
 
 impl RedisNode {
     fn spawn(extra: &[&str]) -> RedisNode {
+        for _ in 0..3 {
+            if let Some(n) = RedisNode::try_spawn_on(free_port(), extra) {
+                return n;
+            }
+        }
         RedisNode::spawn_on(free_port(), extra)
     }
 
     fn spawn_on(port: u16, extra: &[&str]) -> RedisNode {
+        RedisNode::try_spawn_on(port, extra).unwrap_or_else(|| panic!("redis-server on {port} exited before serving"))
+    }
+
+    /// `None` when the server exits first (its port was taken).
+    fn try_spawn_on(port: u16, extra: &[&str]) -> Option<RedisNode> {
         let dir = TempDir::new("redis");
         let child = Command::new("redis-server")
             .args([
@@ -51,7 +61,7 @@ impl RedisNode {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run redis-server (make test installs it): {e}"));
-        let node = RedisNode {
+        let mut node = RedisNode {
             port,
             guard: Guard {
                 child,
@@ -59,13 +69,16 @@ impl RedisNode {
             },
             _dir: dir,
         };
-        wait_for("redis to answer PING", Duration::from_secs(20), || {
+        let up = wait_for("redis to answer PING", Duration::from_secs(20), || {
+            if node.guard.exited().is_some() {
+                return Some(false);
+            }
             command(port, "PING")
                 .ok()
                 .filter(|r| r.starts_with("+PONG"))
-                .map(|_| ())
+                .map(|_| true)
         });
-        node
+        up.then_some(node)
     }
 
     pub fn start() -> RedisNode {

@@ -27,11 +27,21 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts a sidecar with these store flags (`[]` = memory, `["--redis", url]`, ...).
+    /// On a free port; retried on another if the port was taken before the bind.
     pub fn start(store_args: &[&str]) -> Sidecar {
+        for _ in 0..3 {
+            if let Some(s) = Sidecar::try_start_on(free_port(), store_args) {
+                return s;
+            }
+        }
         Sidecar::start_on(free_port(), store_args)
     }
 
     pub fn start_on(port: u16, store_args: &[&str]) -> Sidecar {
+        Sidecar::try_start_on(port, store_args).unwrap_or_else(|| panic!("rampart-sidecar exited before serving"))
+    }
+
+    fn try_start_on(port: u16, store_args: &[&str]) -> Option<Sidecar> {
         let mut child = Command::new(sidecar_binary())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(store_args)
@@ -51,13 +61,16 @@ impl Sidecar {
                 name: "rampart-sidecar".into(),
             },
         };
-        wait_for("rampart-sidecar /healthz", Duration::from_secs(20), || {
-            if let Some(code) = s.guard.exited() {
-                panic!("rampart-sidecar exited with {code:?} before serving");
+        let up = wait_for("rampart-sidecar /healthz", Duration::from_secs(20), || {
+            if s.guard.exited().is_some() {
+                return Some(false);
             }
-            get_once(port, "/healthz").ok().filter(|r| r.status == 200).map(|_| ())
+            get_once(port, "/healthz")
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| true)
         });
-        s
+        up.then_some(s)
     }
 
     pub fn client(&self) -> Client {
