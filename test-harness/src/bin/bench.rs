@@ -11,11 +11,15 @@
 use std::process::Command;
 
 use rampart_test_harness::envoy::{Envoy, Filter, Options};
+use rampart_test_harness::redis::RedisNode;
+use rampart_test_harness::sidecar::Sidecar;
 use serde_json::json;
 
 struct Scenario {
     name: &'static str,
     filter: Filter,
+    /// Wire the cluster template to the bench's sidecar.
+    sidecar: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -36,6 +40,19 @@ fn rampart_local() -> String {
         {"name": "edge", "key": "ip", "algorithm": "sliding_window", "limit": 1_000_000_000u64, "window": "1m"},
         {"name": "keys", "key": "header:x-api-key", "algorithm": "sliding_window", "limit": 1_000_000_000u64, "window": "1m"}
     ]})
+    .to_string()
+}
+
+/// An IP layer plus a cluster-wide API-key layer in `sync` or `async` mode.
+fn rampart_cluster(sync: &str) -> String {
+    json!({
+        "sidecar": {"upstream": "rampart_sidecar", "timeout": "250ms", "key_secret": "bench-fleet-secret-0123"},
+        "layers": [
+            {"name": "edge", "key": "ip", "algorithm": "sliding_window", "limit": 1_000_000_000u64, "window": "1m"},
+            {"name": "keys", "key": "header:x-api-key", "algorithm": "sliding_window", "limit": 1_000_000_000u64,
+             "window": "1m", "scope": "cluster", "sync": sync}
+        ]
+    })
     .to_string()
 }
 
@@ -102,22 +119,38 @@ fn main() {
         Scenario {
             name: "no filter",
             filter: Filter::None,
+            sidecar: false,
         },
         Scenario {
             name: "native local_ratelimit",
             filter: Filter::NativeLocalRatelimit {
                 tokens_per_second: 1_000_000_000,
             },
+            sidecar: false,
         },
         Scenario {
             name: "no-op wasm filter",
             filter: Filter::Noop,
+            sidecar: false,
         },
         Scenario {
             name: "rampart local (ip + key)",
             filter: Filter::Rampart(rampart_local()),
+            sidecar: false,
+        },
+        Scenario {
+            name: "rampart cluster sync",
+            filter: Filter::Rampart(rampart_cluster("sync")),
+            sidecar: true,
+        },
+        Scenario {
+            name: "rampart cluster async",
+            filter: Filter::Rampart(rampart_cluster("async")),
+            sidecar: true,
         },
     ];
+    let redis = RedisNode::start();
+    let sidecar = Sidecar::start(&["--redis", &redis.url()]);
     let envoys: Vec<Envoy> = scenarios
         .iter()
         .map(|s| {
@@ -125,8 +158,12 @@ fn main() {
                 filter: s.filter.clone(),
                 upstream_port: 1,
                 concurrency: 1,
-                template: "filters/envoy/envoy.yaml",
-                sidecar_port: None,
+                template: if s.sidecar {
+                    "filters/envoy/envoy-cluster.yaml"
+                } else {
+                    "filters/envoy/envoy.yaml"
+                },
+                sidecar_port: s.sidecar.then_some(sidecar.port),
             };
             Envoy::start_with(&opts, direct_response)
         })
@@ -165,9 +202,87 @@ fn main() {
     for (s, m) in scenarios.iter().zip(&med) {
         println!("{:<28} {:>12.0} {:>10.3} {:>10.3}", s.name, m.rps, m.p50_ms, m.p99_ms);
     }
+    sidecar_alone(&redis, &sidecar, seconds, connections);
     let native = med[1].rps.max(1.0);
     println!();
     for (s, m) in scenarios.iter().zip(&med) {
         println!("ratio {:<28} {:.3}x native local_ratelimit", s.name, m.rps / native);
     }
+    let none = &med[0];
+    for (s, m) in scenarios.iter().zip(&med).filter(|(s, _)| s.sidecar) {
+        println!("p99 {:<30} +{:.3} ms over no filter", s.name, m.p99_ms - none.p99_ms);
+    }
+}
+
+/// The sidecar alone: hits accounted per second through /v1/check (one hit per call) and
+/// /v1/report (100 hits per call), against redis-benchmark's INCR on the same Redis.
+fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections: u64) {
+    let dir = rampart_test_harness::process::TempDir::new("bench");
+    let script = |name: &str, path: &str, hits: usize| {
+        let p = dir.0.join(name);
+        let body = format!(
+            "{{\\\"hits\\\":[{}]}}",
+            (0..hits)
+                .map(|h| format!("{{\\\"key\\\":\\\"k%d-{h}\\\",\\\"algorithm\\\":\\\"fixed_window\\\",\\\"limit\\\":1000000000,\\\"window_ms\\\":60000}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let lua = format!(
+            "local i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"POST\", \"{path}\", {{[\"Content-Type\"] = \"application/json\"}}, string.format(\"{body}\", i % 1000{}))\nend\n",
+            ", i % 1000".repeat(hits.saturating_sub(1))
+        );
+        std::fs::write(&p, lua).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p
+    };
+    let check = script("check.lua", "/v1/check", 1);
+    let report = script("report.lua", "/v1/report", 100);
+    let run = |lua: &std::path::Path| {
+        let out = Command::new("wrk")
+            .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "-s"])
+            .arg(lua)
+            .arg(format!("http://127.0.0.1:{}/", sidecar.port))
+            .output()
+            .unwrap_or_else(|e| panic!("wrk: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let check_rps = run(&check);
+    let report_rps = run(&report);
+    let incr = |pipeline: &str| {
+        let out = Command::new("redis-benchmark")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-t",
+                "incr",
+                "-n",
+                "300000",
+                "-c",
+                "32",
+                "-q",
+                "-P",
+                pipeline,
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("redis-benchmark: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("INCR:")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (plain, pipelined) = (incr("1"), incr("16"));
+    println!("\nsidecar alone (Redis store, wrk -c{connections}):");
+    println!("  /v1/check, 1 hit per call        {:>12.0} hits/s", check_rps);
+    println!("  /v1/report, 100 hits per call    {:>12.0} hits/s", report_rps * 100.0);
+    println!("  redis-benchmark INCR             {:>12.0} ops/s", plain);
+    println!("  redis-benchmark INCR -P 16       {:>12.0} ops/s", pipelined);
+    println!(
+        "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR",
+        report_rps * 100.0 / pipelined.max(1.0)
+    );
 }

@@ -6,14 +6,55 @@ use std::io::{IsTerminal, Read};
 use rampart_test_harness::envoy::{Envoy, Options};
 use rampart_test_harness::http::Response;
 use rampart_test_harness::read_project_file;
+use rampart_test_harness::redis::RedisNode;
+use rampart_test_harness::sidecar::Sidecar;
 use rampart_test_harness::upstream::Upstream;
 
 const EXAMPLE: &str = "filters/examples/edge-and-keys.json";
+const FLEET: &str = "filters/examples/fleet.json";
+
+/// Two gateways, one sidecar, one Redis: the "keys" layer's limit holds across both.
+fn fleet_demo(upstream: &Upstream) -> (RedisNode, Sidecar, Envoy, Envoy) {
+    let redis = RedisNode::start();
+    let sidecar = Sidecar::start(&["--redis", &redis.url()]);
+    let plugin = read_project_file(FLEET);
+    let a = Envoy::start(&Options::fleet(&plugin, upstream.port, sidecar.port));
+    let b = Envoy::start(&Options::fleet(&plugin, upstream.port, sidecar.port));
+    println!(
+        "\nTwo gateways sharing one limit ({FLEET}): A on :{}, B on :{}, rampart-sidecar on :{}, Redis on :{}",
+        a.port, b.port, sidecar.port, redis.port
+    );
+    println!("  layer \"keys\" is cluster-wide (sync): 100/min per X-Api-Key on the free tier, across all gateways\n");
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let mut admitted = 0;
+    for n in 1..=104 {
+        let (name, c) = if n % 2 == 1 {
+            ("gateway A", &mut ca)
+        } else {
+            ("gateway B", &mut cb)
+        };
+        match c.get("/", &[("x-api-key", b"carol")]) {
+            Ok(r) => {
+                if r.status == 200 {
+                    admitted += 1;
+                }
+                if n <= 3 || (98..=104).contains(&n) {
+                    show(n, &format!("{name}, carol"), &r);
+                } else if n == 4 {
+                    println!("  ...");
+                }
+            }
+            Err(e) => println!("  #{n} failed: {e}"),
+        }
+    }
+    println!("  {admitted} of 104 admitted across both gateways: the limit is the fleet's, not each gateway's.");
+    (redis, sidecar, a, b)
+}
 
 fn show(n: usize, who: &str, r: &Response) {
     let h = |name: &str| r.header(name).unwrap_or("-").to_string();
     print!(
-        "  #{n:<2} {who:<22} -> {}   X-RateLimit-Limit {:<3} Remaining {:<3} Reset {:<3}",
+        "  #{n:<3} {who:<22} -> {}   X-RateLimit-Limit {:<3} Remaining {:<3} Reset {:<3}",
         r.status,
         h("x-ratelimit-limit"),
         h("x-ratelimit-remaining"),
@@ -50,7 +91,8 @@ fn main() {
             show(n, "x-api-key: bob (paid)", &r);
         }
     }
-    let m = envoy.prometheus();
+    // Rampart publishes its counts on a 500 ms tick.
+    let m = envoy.metrics_reach(&[("rampart_keys_allowed", 7.0), ("rampart_keys_rejected", 2.0)]);
     println!("\nMetrics from Envoy's /stats/prometheus:");
     let mut names: Vec<_> = m.iter().filter(|(k, _)| k.starts_with("rampart_")).collect();
     names.sort_by(|a, b| a.0.cmp(b.0));
@@ -61,6 +103,8 @@ fn main() {
         "\nUpstream served {} requests; rejected ones never reached it.",
         upstream.served()
     );
+
+    let _fleet = fleet_demo(&upstream);
 
     if std::io::stdin().is_terminal() {
         println!(

@@ -1,0 +1,181 @@
+//! rampart-sidecar's HTTP API and CLI, against a real process on loopback.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rampart_test_harness::http::{get_once, Client};
+use rampart_test_harness::redis::RedisNode;
+use rampart_test_harness::sidecar::{sidecar_binary, Sidecar};
+use serde_json::{json, Value};
+
+const TOKEN: (&str, &[u8]) = ("x-rampart-token", b"s3cret-token");
+
+fn hit(key: &str, limit: u64, cost: u64) -> Value {
+    json!({"key": key, "algorithm": "fixed_window", "limit": limit, "window_ms": 3_600_000, "cost": cost})
+}
+
+fn post(c: &mut Client, path: &str, body: &Value) -> (u16, Value) {
+    let r = c
+        .post(
+            path,
+            &[TOKEN, ("content-type", b"application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+    (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn api_refuses_bad_requests_with_reasons() {
+    let sc = Sidecar::start(&["--token", "s3cret-token"]);
+    let mut c = sc.client();
+    let ok = json!({"hits": [hit("k", 5, 1)]});
+    // No token, wrong token.
+    let r = c.post("/v1/check", &[], ok.to_string().as_bytes()).unwrap();
+    assert_eq!(r.status, 401);
+    let r = c
+        .post("/v1/check", &[("x-rampart-token", b"nope")], ok.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status, 401);
+    // Malformed and invalid bodies name the problem.
+    let r = c.post("/v1/check", &[TOKEN], b"{not json").unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body_text().contains("not a hit batch"), "{}", r.body_text());
+    let (status, body) = post(&mut c, "/v1/check", &json!({"hits": [hit("k", 0, 1)]}));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("hits[0]: limit"), "{body}");
+    let (status, _) = post(&mut c, "/v1/check", &json!({"hits": []}));
+    assert_eq!(status, 400);
+    let (status, _) = post(&mut c, "/v1/check", &json!({"hits": [hit(&"x".repeat(300), 5, 1)]}));
+    assert_eq!(status, 400);
+    // Oversized.
+    let big = vec![b' '; 2 << 20];
+    let r = c.post("/v1/check", &[TOKEN], &big).unwrap();
+    assert_eq!(r.status, 413);
+    // Wrong method, unknown path.
+    assert_eq!(get_once(sc.port, "/v1/check").unwrap().status, 405);
+    assert_eq!(get_once(sc.port, "/nope").unwrap().status, 404);
+    // Still serving.
+    let (status, body) = post(&mut Client::new(sc.port), "/v1/check", &ok);
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["allowed"], true);
+    let metrics = sc.metrics_text();
+    for name in [
+        "rampart_sidecar_decisions_allowed_total 1",
+        "rampart_sidecar_unauthorized_total 2",
+        "rampart_sidecar_bad_requests_total",
+        "rampart_sidecar_redis_seconds_bucket",
+        "rampart_sidecar_store_errors_total{class=\"transient\"} 0",
+    ] {
+        assert!(metrics.contains(name), "missing {name:?} in\n{metrics}");
+    }
+}
+
+#[test]
+fn check_is_ordered_and_report_records_past_the_limit() {
+    let sc = Sidecar::start(&["--token", "s3cret-token"]);
+    let mut c = sc.client();
+    // Second hit rejects: the third is skipped, not charged.
+    let (_, body) = post(
+        &mut c,
+        "/v1/check",
+        &json!({"hits": [hit("a", 5, 1), hit("b", 1, 2), hit("c", 5, 1)]}),
+    );
+    let r = &body["results"];
+    assert_eq!(
+        (
+            r[0]["allowed"].clone(),
+            r[1]["allowed"].clone(),
+            r[2]["skipped"].clone()
+        ),
+        (json!(true), json!(false), json!(true))
+    );
+    let (_, body) = post(&mut c, "/v1/check", &json!({"hits": [hit("c", 5, 1)]}));
+    assert_eq!(
+        body["results"][0]["remaining"], 4,
+        "c was not charged by the rejected request"
+    );
+    // Reports add everything, even past the limit.
+    let (status, body) = post(&mut c, "/v1/report", &json!({"hits": [hit("d", 5, 7)]}));
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["remaining"], 0);
+    let (_, body) = post(&mut c, "/v1/check", &json!({"hits": [hit("d", 5, 1)]}));
+    assert_eq!(body["results"][0]["allowed"], false);
+}
+
+#[test]
+fn concurrent_hits_on_one_key_are_coalesced_and_exact() {
+    let redis = RedisNode::start();
+    let sc = Sidecar::start(&["--redis", &redis.url(), "--token", "s3cret-token"]);
+    let ok = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (ok, port) = (Arc::clone(&ok), sc.port);
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                for _ in 0..25 {
+                    let (status, body) = post(&mut c, "/v1/check", &json!({"hits": [hit("hot", 150, 1)]}));
+                    assert_eq!(status, 200);
+                    if body["results"][0]["allowed"] == true {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(ok.load(Ordering::SeqCst), 150, "400 concurrent hits, limit 150");
+    let metrics = sc.metrics_text();
+    let calls: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_sidecar_store_calls_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let cached: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_sidecar_cache_hits_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("400 hits -> {calls} store calls, {cached} answered from the over-limit cache");
+    assert!(calls < 400.0, "no coalescing or caching happened: {calls} store calls");
+    assert!(cached > 0.0, "the over-limit cache never answered");
+}
+
+#[test]
+fn cli_help_and_bad_flags() {
+    let out = Command::new(sidecar_binary()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--redis ",
+        "--redis-cluster",
+        "--token",
+        "--redis-timeout",
+        "--max-keys",
+        "--threads",
+    ] {
+        assert!(help.contains(flag), "--help does not explain {flag}");
+    }
+    let out = Command::new(sidecar_binary()).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag \"--bogus\""));
+    let out = Command::new(sidecar_binary())
+        .args(["--redis-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(sidecar_binary())
+        .args(["--listen", "127.0.0.1:1", "--redis", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable Redis is a clear start-up error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis://127.0.0.1:1"));
+}
