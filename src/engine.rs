@@ -144,6 +144,8 @@ impl Facts {
 /// A compiled policy plus the per-layer counter tables, ready to check requests.
 pub struct Engine {
     pub policy: Policy,
+    /// The host has no tick to send async reports: async layers ask like sync ones.
+    async_as_sync: bool,
     seed: Seed,
     fleet: FleetKey,
     prefixes: Vec<String>,
@@ -184,10 +186,16 @@ impl Engine {
         let fleet = FleetKey::from_secret(secret);
         Engine {
             policy,
+            async_as_sync: false,
             seed,
             fleet,
             prefixes,
         }
+    }
+
+    /// For hosts without a tick (APISIX): async layers could never report.
+    pub fn run_async_as_sync(&mut self) {
+        self.async_as_sync = true;
     }
 
     pub fn worker_state(&self) -> WorkerState {
@@ -304,7 +312,11 @@ impl Engine {
             let slot = slots::index(self.seed.hash(i as u64, &parts), layer.slots);
             let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
-            let decision = match layer.sync_mode() {
+            let mode = match layer.sync_mode() {
+                Some(SyncMode::Async) if self.async_as_sync => Some(SyncMode::Sync),
+                other => other,
+            };
+            let decision = match mode {
                 None => {
                     let lease = ws.leases.get(i, slot);
                     match self.charge_local(host, i, slot, lease, &layer.algorithm, limit, burst, now_ns) {

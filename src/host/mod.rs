@@ -3,6 +3,7 @@
 
 mod abi;
 mod logger;
+mod shared;
 mod sidecar;
 
 use std::cell::RefCell;
@@ -16,7 +17,7 @@ use crate::config;
 use crate::engine::{Engine, Event, Held, Host, HostError, Paused, SetOutcome, Step, WorkerState, EVENTS};
 use crate::host_status::{self, CAS_MISMATCH, NOT_FOUND, OK};
 use crate::policy::SyncMode;
-use crate::slots::{Seed, SEED_KEY};
+use shared::SharedData;
 
 proxy_wasm::main! {{
     logger::install();
@@ -49,6 +50,7 @@ struct Compiled {
     pending: RefCell<PendingMetrics>,
     /// Shortest `sync_interval` of the async layers, if any.
     report_every_ns: Option<u64>,
+    shared: SharedData,
 }
 
 impl Compiled {
@@ -132,15 +134,16 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let seed = match shared_seed() {
+        let shared = SharedData::probe();
+        let seed = match shared.seed() {
             Ok(s) => s,
             Err(why) => {
                 log::error!("rampart: {why}");
                 return false;
             }
         };
-        let engine = Engine::new(policy, seed);
-        if let Err(why) = create_slots(&engine) {
+        let mut engine = Engine::new(policy, seed);
+        if let Err(why) = shared.create_slots(&engine) {
             log::error!("rampart: {why}");
             return false;
         }
@@ -156,9 +159,8 @@ impl RootContext for Root {
         if abi::set_tick_period_ms(tick_ms) != OK {
             log::info!("rampart: this host has no tick; metrics are published every {METRICS_FLUSH_AFTER} counts");
             if report_every_ns.is_some() {
-                log::warn!(
-                    "rampart: without a tick, async cluster layers cannot report: use \"sync\": \"sync\" on this host"
-                );
+                log::warn!("rampart: without a tick, async cluster layers cannot report: they run as \"sync\" here");
+                engine.run_async_as_sync();
             }
         }
         log::info!("rampart: configured {} layer(s)", engine.policy.layers.len());
@@ -176,6 +178,7 @@ impl RootContext for Root {
             worker,
             pending: RefCell::new(pending),
             report_every_ns,
+            shared,
         }));
         true
     }
@@ -226,55 +229,6 @@ impl RootContext for Root {
     }
 }
 
-/// The proxy-wide hash seed. The first VM to configure draws it and stores it in shared
-/// data; every worker then reads the same one, so a key maps to the same slot on all.
-fn shared_seed() -> Result<Seed, String> {
-    let read = || -> Result<Option<Seed>, String> {
-        match abi::shared_get(SEED_KEY) {
-            Ok((v, _)) => Ok(v.as_deref().and_then(Seed::from_bytes)),
-            Err(s) => Err(format!(
-                "shared data is unavailable on this host ({}); local layers need it",
-                host_status::describe(s)
-            )),
-        }
-    };
-    if let Some(seed) = read()? {
-        return Ok(seed);
-    }
-    let mut fresh = [0u8; crate::slots::SEED_LEN];
-    getrandom::getrandom(&mut fresh).map_err(|e| format!("no randomness for the hash seed: {e}"))?;
-    let status = abi::shared_set(SEED_KEY, &fresh, 0);
-    if status != OK {
-        return Err(format!("cannot store the hash seed: {}", host_status::describe(status)));
-    }
-    // Read back rather than trust our draw: if another VM stored its seed at the same
-    // moment, everyone adopts whichever value is there now.
-    read()?.ok_or_else(|| "the hash seed vanished from shared data".to_string())
-}
-
-/// Creates every slot of every table up front. Memory is then fixed before the first
-/// request, and no request ever writes an absent key (which Envoy stores
-/// unconditionally, so two workers creating one key at once could lose a hit).
-fn create_slots(engine: &Engine) -> Result<(), String> {
-    for key in engine.all_slot_keys() {
-        match abi::shared_get(&key) {
-            Ok((Some(_), _)) => {}
-            Ok((None, cas)) if cas != 0 => {}
-            Ok((None, _)) => {
-                let status = abi::shared_set(&key, &[], 0);
-                if status != OK && status != CAS_MISMATCH {
-                    return Err(format!(
-                        "cannot create counter {key}: {}",
-                        host_status::describe(status)
-                    ));
-                }
-            }
-            Err(s) => return Err(format!("cannot read counter {key}: {}", host_status::describe(s))),
-        }
-    }
-    Ok(())
-}
-
 fn define_metrics(engine: &Engine) -> MetricIds {
     engine
         .policy
@@ -312,11 +266,11 @@ impl Host for Hostcalls<'_> {
     }
 
     fn shared_get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
-        abi::shared_get(key).map_err(HostError)
+        self.compiled.shared.get(key).map_err(HostError)
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, HostError> {
-        match abi::shared_set(key, value, cas) {
+        match self.compiled.shared.set(key, value, cas) {
             OK => Ok(SetOutcome::Stored),
             CAS_MISMATCH => Ok(SetOutcome::CasMismatch),
             NOT_FOUND => Ok(SetOutcome::CasMismatch),
