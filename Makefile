@@ -11,7 +11,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/rampart.wasm
 CARGO ?= cargo
 
-.PHONY: all wasm envoy redis sidecar test demo bench lint fmt validate clean
+.PHONY: all wasm envoy redis compose sidecar test demo bench lint fmt validate clean
 
 all: wasm
 
@@ -33,10 +33,15 @@ redis:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }
 
+# Debian's docker-compose, to validate docker-compose.yml (no Docker engine needed).
+compose:
+	@command -v docker-compose >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }
+
 sidecar:
 	$(CARGO) build --release -p rampart-sidecar
 
-test: wasm envoy redis sidecar validate
+test: wasm envoy redis compose sidecar validate
 	$(CARGO) test --workspace --release
 
 validate: wasm envoy

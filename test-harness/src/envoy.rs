@@ -104,6 +104,7 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
     *at(&mut cfg, &["admin", "address", "socket_address", "port_value"]) = json!(admin_port);
     let listener = at(&mut cfg, &["static_resources", "listeners", "0"]);
     *at(listener, &["address", "socket_address", "port_value"]) = json!(port);
+    *at(listener, &["address", "socket_address", "address"]) = json!("127.0.0.1");
     if let Some(clusters) = cfg["static_resources"]["clusters"].as_array_mut() {
         for c in clusters.iter_mut().filter(|c| c["name"] == "rampart_sidecar") {
             if let Some(port) = opts.sidecar_port {
