@@ -399,6 +399,19 @@ mod cluster_layers {
     }
 
     #[test]
+    fn without_a_tick_async_layers_ask_like_sync_ones() {
+        let mut w = engine(
+            r#"{"sidecar":{"upstream":"sc"},"layers":[
+            {"name":"keys","key":"header:x-api-key","algorithm":"fixed_window","limit":3,"window":"1m","scope":"cluster","sync":"async"}]}"#,
+        );
+        w.engine.run_async_as_sync();
+        let mut host = FakeHost::new().with_header("x-api-key", b"k");
+        let (batch, v) = ask(&w, &mut host, Some(outcome(true, 2)));
+        assert_eq!(batch.hits.len(), 1);
+        assert!(v.rejection.is_none());
+    }
+
+    #[test]
     fn async_layer_decides_locally_and_queues_reports() {
         let w = engine(
             r#"{"sidecar":{"upstream":"sc"},"layers":[
