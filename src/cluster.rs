@@ -20,7 +20,7 @@ use std::hash::SipHasher;
 use std::hash::{Hash, Hasher};
 
 use crate::algorithms::Decision;
-use crate::wire::{Batch, Hit, Outcome, Rule};
+use crate::wire::{Batch, Denied, Distinct, Hit, Outcome, Rule, MAX_CLIENTS};
 
 /// Most counters one worker tracks for async layers; past it, idle ones are dropped.
 pub const MAX_VIEWS: usize = 65_536;
@@ -65,26 +65,71 @@ impl FleetKey {
     }
 }
 
+impl FleetKey {
+    /// A client address as the sidecar sees it: 64-bit keyed hash, hex.
+    pub fn client_tag(&self, ip: &[u8]) -> String {
+        #[allow(deprecated)]
+        let mut h = SipHasher::new_with_keys(self.k[1] ^ self.k[2], self.k[3]);
+        h.write(ip);
+        format!("{:016x}", h.finish())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct View {
     rule: Rule,
     remaining_at_sync: u64,
     admitted: u64,
     reset_at_ns: u64,
+    /// The sidecar refused the key (revoked or blocked), until this time or until a
+    /// report says otherwise.
+    denied: Option<(Denied, u64)>,
 }
 
-/// Hits sent in a report whose answer has not arrived: `(counter, rule, count)`.
-pub type InFlight = Vec<(String, Rule, u64)>;
+/// Hits queued for the next report, per counter.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub rule: Rule,
+    pub count: u64,
+    pub clients: Vec<String>,
+    pub distinct: Option<Distinct>,
+}
+
+/// Hits sent in a report whose answer has not arrived.
+pub type InFlight = Vec<(String, Pending)>;
 
 #[derive(Default)]
 pub struct Views {
     views: HashMap<String, View>,
-    pending: HashMap<String, (Rule, u64)>,
+    pending: HashMap<String, Pending>,
 }
 
+/// How long an async denial stands before the worker asks again (a report with cost 0).
+const DENIAL_RECHECK_NS: u64 = 1_000_000_000;
+
 impl Views {
-    /// Decides one request locally and queues its hit for the next report.
-    pub fn decide(&mut self, name: &str, rule: Rule, now: u64) -> Decision {
+    /// A refusal the sidecar reported for this counter, with how long it stands. While
+    /// it does, a zero-cost hit is queued so the next report learns of a restore.
+    pub fn denied(&mut self, name: &str, now: u64) -> Option<(Denied, u64)> {
+        let (kind, until) = self.views.get(name)?.denied.filter(|(_, until)| *until > now)?;
+        let probe = self.pending.get(name).is_none();
+        if probe {
+            let rule = self.views.get(name)?.rule;
+            self.pending.insert(
+                name.to_string(),
+                Pending {
+                    rule,
+                    count: 0,
+                    clients: Vec::new(),
+                    distinct: None,
+                },
+            );
+        }
+        Some((kind, until - now))
+    }
+
+    /// Decides one request locally and queues its hit (and client) for the next report.
+    pub fn decide(&mut self, name: &str, rule: Rule, now: u64, client: Option<(String, Distinct)>) -> Decision {
         let window_ns = rule.window_ms().saturating_mul(1_000_000);
         if !self.views.contains_key(name) && self.views.len() >= MAX_VIEWS {
             let pending = &self.pending;
@@ -95,6 +140,7 @@ impl Views {
             remaining_at_sync: rule.limit(),
             admitted: 0,
             reset_at_ns: now.saturating_add(window_ns),
+            denied: None,
         };
         let view = self.views.entry(name.to_string()).or_insert(fresh);
         if view.rule != rule || now >= view.reset_at_ns {
@@ -105,9 +151,20 @@ impl Views {
         let reset_ns = view.reset_at_ns - now;
         if allowed {
             view.admitted += 1;
-            let entry = self.pending.entry(name.to_string()).or_insert((rule, 0));
-            entry.0 = rule;
-            entry.1 += 1;
+            let entry = self.pending.entry(name.to_string()).or_insert(Pending {
+                rule,
+                count: 0,
+                clients: Vec::new(),
+                distinct: None,
+            });
+            entry.rule = rule;
+            entry.count += 1;
+            if let Some((c, d)) = client {
+                entry.distinct = Some(d);
+                if entry.clients.len() < MAX_CLIENTS && !entry.clients.contains(&c) {
+                    entry.clients.push(c);
+                }
+            }
         }
         Decision {
             allowed,
@@ -128,16 +185,18 @@ impl Views {
         let mut sent = Vec::with_capacity(self.pending.len().min(crate::wire::MAX_HITS));
         let keys: Vec<String> = self.pending.keys().take(crate::wire::MAX_HITS).cloned().collect();
         for k in keys {
-            if let Some((rule, count)) = self.pending.remove(&k) {
-                sent.push((k, rule, count));
+            if let Some(p) = self.pending.remove(&k) {
+                sent.push((k, p));
             }
         }
         let hits = sent
             .iter()
-            .map(|(k, rule, n)| Hit {
+            .map(|(k, p)| Hit {
                 key: k.clone(),
-                rule: *rule,
-                cost: *n,
+                rule: p.rule,
+                cost: p.count,
+                clients: p.clients.clone(),
+                distinct: p.distinct,
             })
             .collect();
         Some((Batch { hits }, sent))
@@ -148,27 +207,39 @@ impl Views {
     pub fn apply_report(&mut self, sent: InFlight, answer: Option<&[Outcome]>, now: u64) {
         match answer {
             Some(outcomes) if outcomes.len() == sent.len() => {
-                for ((name, rule, n), o) in sent.into_iter().zip(outcomes) {
+                for ((name, p), o) in sent.into_iter().zip(outcomes) {
                     if let Some(v) = self.views.get_mut(&name) {
-                        if v.rule == rule {
-                            v.admitted = v.admitted.saturating_sub(n);
+                        if v.rule == p.rule {
+                            v.admitted = v.admitted.saturating_sub(p.count);
                             v.remaining_at_sync = o.remaining;
                             v.reset_at_ns = now.saturating_add(o.reset_ms.saturating_mul(1_000_000));
+                            let stands = o.retry_after_ms.saturating_mul(1_000_000).max(DENIAL_RECHECK_NS);
+                            v.denied = o.denied.map(|d| (d, now.saturating_add(stands)));
                         }
                     }
                 }
             }
             _ => {
-                for (name, rule, n) in sent {
-                    let entry = self.pending.entry(name).or_insert((rule, 0));
-                    entry.1 += n;
+                for (name, p) in sent {
+                    let entry = self.pending.entry(name).or_insert(Pending {
+                        rule: p.rule,
+                        count: 0,
+                        clients: Vec::new(),
+                        distinct: p.distinct,
+                    });
+                    entry.count += p.count;
+                    for c in p.clients {
+                        if entry.clients.len() < MAX_CLIENTS && !entry.clients.contains(&c) {
+                            entry.clients.push(c);
+                        }
+                    }
                 }
             }
         }
     }
 
     pub fn pending_hits(&self) -> u64 {
-        self.pending.values().map(|(_, n)| n).sum()
+        self.pending.values().map(|p| p.count).sum()
     }
 }
 
@@ -198,7 +269,7 @@ mod tests {
     #[test]
     fn async_view_admits_what_was_left_and_learns_from_reports() {
         let mut v = Views::default();
-        let admitted = (0..15).filter(|_| v.decide("k", RULE, S).allowed).count();
+        let admitted = (0..15).filter(|_| v.decide("k", RULE, S, None).allowed).count();
         assert_eq!(admitted, 10, "an unknown counter starts at its limit");
         let (batch, sent) = v.take_report().expect("hits to report");
         assert_eq!(batch.hits[0].cost, 10);
@@ -210,18 +281,19 @@ mod tests {
             reset_ms: 30_000,
             retry_after_ms: 0,
             skipped: false,
+            ..Default::default()
         };
         v.apply_report(sent, Some(&[o]), 2 * S);
-        assert!(!v.decide("k", RULE, 3 * S).allowed);
+        assert!(!v.decide("k", RULE, 3 * S, None).allowed);
         // After the reset the view starts over.
-        assert!(v.decide("k", RULE, 33 * S).allowed);
+        assert!(v.decide("k", RULE, 33 * S, None).allowed);
     }
 
     #[test]
     fn failed_report_requeues_hits() {
         let mut v = Views::default();
-        v.decide("k", RULE, S);
-        v.decide("k", RULE, S);
+        v.decide("k", RULE, S, None);
+        v.decide("k", RULE, S, None);
         let (_, sent) = v.take_report().expect("report");
         assert_eq!(v.pending_hits(), 0);
         v.apply_report(sent, None, S);

@@ -368,6 +368,7 @@ const LAYER_FIELDS: &[&str] = &[
     "status",
     "shadow",
     "slots",
+    "max_ips_per_key",
 ];
 
 fn layer(path: &str, v: &Value) -> Result<Layer> {
@@ -476,7 +477,7 @@ fn layer(path: &str, v: &Value) -> Result<Layer> {
 
 fn cluster_fields(o: &Obj, scope: Scope) -> Result<Option<Cluster>> {
     if scope == Scope::Local {
-        for k in ["sync", "sync_interval", "fallback"] {
+        for k in ["sync", "sync_interval", "fallback", "max_ips_per_key"] {
             if o.has(k) {
                 return err(o.at(k), "only applies with \"scope\": \"cluster\"");
             }
@@ -501,10 +502,34 @@ fn cluster_fields(o: &Obj, scope: Scope) -> Result<Option<Cluster>> {
             )
         }
     };
+    let distinct = match o.get("max_ips_per_key") {
+        None => None,
+        Some(v) => {
+            let d = Obj::new(&o.at("max_ips_per_key"), v, &["limit", "window", "action", "cooldown"])?;
+            let limit = d
+                .int("limit", 1, 1_000_000)?
+                .map_or_else(|| err(d.at("limit"), "is required"), Ok)?;
+            let window_ms = d
+                .duration("window", 1_000, 86_400_000)?
+                .map_or_else(|| err(d.at("window"), "is required"), Ok)?;
+            let block = d.choice("action", &["flag", "block"])? == Some("block");
+            let cooldown = d.duration("cooldown", 1_000, 7 * 86_400_000)?;
+            if cooldown.is_some() && !block {
+                return err(d.at("cooldown"), "only applies with \"action\": \"block\"");
+            }
+            Some(DistinctPolicy {
+                limit,
+                window_ms,
+                block,
+                cooldown_ms: cooldown.unwrap_or(window_ms),
+            })
+        }
+    };
     Ok(Some(Cluster {
         sync,
         sync_interval_ms: interval.unwrap_or(DEFAULT_SYNC_INTERVAL_MS),
         fallback_limit,
+        distinct,
     }))
 }
 

@@ -12,7 +12,7 @@ use crate::lease::Leases;
 use crate::policy::{Algorithm, FailureMode, IpSource, KeyPart, Layer, Policy, Scope, SyncMode};
 use crate::query;
 use crate::slots::{self, Seed};
-use crate::wire::{Batch, Hit, Outcomes, Rule};
+use crate::wire::{Batch, Denied, Distinct, Hit, Outcomes, Rule};
 
 /// A hostcall that failed: the host's status code, for the log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,15 +38,21 @@ pub enum Event {
     /// Admitted (or judged by the fallback limit) because the sidecar failed and
     /// `failure_mode` is open.
     FailOpen,
+    /// The key is used from more distinct clients than `max_ips_per_key` allows.
+    Flagged,
+    /// Refused with 403: the key is revoked, or blocked for too many clients.
+    Denied,
 }
 
-pub const EVENTS: [Event; 6] = [
+pub const EVENTS: [Event; 8] = [
     Event::Allowed,
     Event::Rejected,
     Event::ShadowRejected,
     Event::StoreError,
     Event::SidecarError,
     Event::FailOpen,
+    Event::Flagged,
+    Event::Denied,
 ];
 
 impl Event {
@@ -58,6 +64,8 @@ impl Event {
             Event::StoreError => "store_errors",
             Event::SidecarError => "sidecar_errors",
             Event::FailOpen => "fail_open",
+            Event::Flagged => "flagged",
+            Event::Denied => "denied",
         }
     }
 
@@ -157,7 +165,12 @@ pub struct WorkerState {
     pub views: Views,
     /// The last report to the sidecar failed: async layers use their fallback.
     pub sidecar_failing: bool,
+    /// Flagged keys already logged by this worker (bounded).
+    pub flagged_logged: std::collections::HashSet<String>,
 }
+
+/// Flagged keys one worker logs at most (each once); the metric counts them all.
+pub const MAX_FLAG_LOGS: usize = 1024;
 
 /// A request waiting for the sidecar: where to continue, and what was asked.
 pub struct Paused {
@@ -165,8 +178,19 @@ pub struct Paused {
     facts: Facts,
     tightest: Option<(usize, Decision)>,
     held: Vec<Held>,
-    /// Layers in the call: index, fallback-table slot, limit and burst.
-    asked: Vec<(usize, u32, u64, u64)>,
+    /// Layers in the call, in order.
+    asked: Vec<Asked>,
+}
+
+/// One cluster layer a paused request asked the sidecar about.
+struct Asked {
+    layer: usize,
+    /// Slot of the layer's fallback table.
+    slot: u32,
+    limit: u64,
+    burst: u64,
+    /// The counter's name at the sidecar (a hash; safe to log).
+    name: String,
 }
 
 pub enum Step {
@@ -203,6 +227,7 @@ impl Engine {
             leases: self.leases(),
             views: Views::default(),
             sidecar_failing: false,
+            flagged_logged: Default::default(),
         }
     }
 
@@ -258,22 +283,31 @@ impl Engine {
     ) -> Step {
         let asked = std::mem::take(&mut p.asked);
         let outcomes = answer.map(|a| a.results).filter(|r| r.len() == asked.len());
-        for (n, (i, slot, limit, burst)) in asked.into_iter().enumerate() {
-            let layer = &self.policy.layers[i];
+        for (n, a) in asked.into_iter().enumerate() {
+            let (i, layer) = (a.layer, &self.policy.layers[a.layer]);
             let decision = match outcomes.as_ref().and_then(|o| o.get(n)) {
                 Some(o) if o.skipped => break,
-                Some(o) => Some(Decision {
-                    allowed: o.allowed,
-                    limit: o.limit,
-                    remaining: o.remaining,
-                    reset_ns: o.reset_ms.saturating_mul(1_000_000),
-                    retry_after_ns: o.retry_after_ms.saturating_mul(1_000_000),
-                    granted: 1,
-                    valid_until_ns: 0,
-                }),
+                Some(o) => {
+                    if let Some(kind) = o.denied {
+                        let left = o.retry_after_ms.saturating_mul(1_000_000);
+                        return Step::Done(self.denied(host, i, layer, kind, left, &mut p.held));
+                    }
+                    if o.flagged {
+                        self.flagged(host, ws, i, layer, &a.name);
+                    }
+                    Some(Decision {
+                        allowed: o.allowed,
+                        limit: o.limit,
+                        remaining: o.remaining,
+                        reset_ns: o.reset_ms.saturating_mul(1_000_000),
+                        retry_after_ns: o.retry_after_ms.saturating_mul(1_000_000),
+                        granted: 1,
+                        valid_until_ns: 0,
+                    })
+                }
                 None => {
                     host.count(i, Event::SidecarError);
-                    match self.sidecar_failed(host, i, layer, slot, limit, burst, now_ns) {
+                    match self.sidecar_failed(host, i, layer, a.slot, a.limit, a.burst, now_ns) {
                         Failed::Decided(d) => Some(d),
                         Failed::Admit => None,
                         Failed::Closed => return Step::Done(self.unavailable(host, i, layer, &mut p.held)),
@@ -332,7 +366,11 @@ impl Engine {
                     match rule {
                         Some(rule) if !ws.sidecar_failing => {
                             let name = self.fleet.counter_name(&layer.name, &parts);
-                            ws.views.decide(&name, rule, now_ns)
+                            if let Some((kind, left)) = ws.views.denied(&name, now_ns) {
+                                return Step::Done(self.denied(host, i, layer, kind, left, &mut p.held));
+                            }
+                            let client = self.client(layer, &mut p.facts, host);
+                            ws.views.decide(&name, rule, now_ns, client)
                         }
                         _ => {
                             host.count(i, Event::SidecarError);
@@ -350,15 +388,25 @@ impl Engine {
                         continue;
                     };
                     let name = self.fleet.counter_name(&layer.name, &parts);
-                    p.asked.push((i, slot, limit, burst));
-                    let body = serde_json::to_vec(&Batch {
-                        hits: vec![Hit {
-                            key: name,
-                            rule,
-                            cost: 1,
-                        }],
-                    })
-                    .unwrap_or_default();
+                    let (clients, distinct) = match self.client(layer, &mut p.facts, host) {
+                        Some((c, d)) => (vec![c], Some(d)),
+                        None => (Vec::new(), None),
+                    };
+                    let hit = Hit {
+                        key: name.clone(),
+                        rule,
+                        cost: 1,
+                        clients,
+                        distinct,
+                    };
+                    p.asked.push(Asked {
+                        layer: i,
+                        slot,
+                        limit,
+                        burst,
+                        name,
+                    });
+                    let body = serde_json::to_vec(&Batch { hits: vec![hit] }).unwrap_or_default();
                     return Step::Ask(Box::new(p), body);
                 }
             };
@@ -463,6 +511,61 @@ impl Engine {
                 host.count(i, Event::StoreError);
                 Failed::Admit
             }
+        }
+    }
+
+    /// The client tag and distinct-client rule for a layer with `max_ips_per_key`.
+    fn client<H: Host>(&self, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<(String, Distinct)> {
+        let d = layer.cluster.as_ref()?.distinct?;
+        let ip = facts.ip(host, self.policy.ip_source, self.policy.ipv6_prefix)?;
+        let rule = Distinct {
+            limit: d.limit,
+            window_ms: d.window_ms,
+            block: d.block,
+            cooldown_ms: d.cooldown_ms,
+        };
+        Some((self.fleet.client_tag(ip.as_bytes()), rule))
+    }
+
+    /// Counts a flag and logs it once per key per worker (the name is a hash).
+    fn flagged<H: Host>(&self, host: &mut H, ws: &mut WorkerState, i: usize, layer: &Layer, name: &str) {
+        host.count(i, Event::Flagged);
+        if ws.flagged_logged.len() < MAX_FLAG_LOGS && ws.flagged_logged.insert(name.to_string()) {
+            let limit = layer.cluster.as_ref().and_then(|c| c.distinct).map_or(0, |d| d.limit);
+            log::warn!(
+                "rampart: key {name} on layer {} is used from more than {limit} distinct clients",
+                layer.name
+            );
+        }
+    }
+
+    /// 403 for a key the sidecar refuses outright.
+    fn denied<H: Host>(
+        &self,
+        host: &mut H,
+        i: usize,
+        layer: &Layer,
+        kind: Denied,
+        left_ns: u64,
+        held: &mut Vec<Held>,
+    ) -> Verdict {
+        host.count(i, Event::Denied);
+        self.release(host, held);
+        let (error, retry) = match kind {
+            Denied::Revoked => ("key_revoked", 0),
+            Denied::Blocked => ("key_blocked", algorithms::ceil_secs(left_ns).max(1)),
+        };
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if retry > 0 {
+            headers.push(("retry-after", retry.to_string()));
+        }
+        Verdict {
+            rejection: Some(Rejection {
+                status: 403,
+                headers,
+                body: headers::rejection_body(error, &layer.name, retry),
+            }),
+            ..Verdict::default()
         }
     }
 

@@ -329,6 +329,7 @@ mod cluster_layers {
             reset_ms: 30_000,
             retry_after_ms: if allowed { 0 } else { 30_000 },
             skipped: false,
+            ..Default::default()
         };
         Outcomes { results: vec![o] }
     }

@@ -106,9 +106,40 @@ pub struct Hit {
     pub key: String,
     #[serde(flatten)]
     pub rule: Rule,
-    /// Requests this hit stands for (async reports batch many).
+    /// Requests this hit stands for (async reports batch many). A report may send 0 to
+    /// learn a counter's standing without recording anything.
     #[serde(default = "one")]
     pub cost: u64,
+    /// Keyed hashes of the client addresses behind these requests (at most
+    /// `MAX_CLIENTS`), for distinct-client tracking.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+    /// Flag or block the key when more distinct clients than this use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<Distinct>,
+}
+
+/// Most client hashes one hit carries.
+pub const MAX_CLIENTS: usize = 256;
+
+/// A layer's `max_ips_per_key`, as the sidecar needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Distinct {
+    pub limit: u64,
+    pub window_ms: u64,
+    /// Block the key for `cooldown_ms` (true) or only flag it (false).
+    pub block: bool,
+    pub cooldown_ms: u64,
+}
+
+/// Why a key was refused regardless of its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Denied {
+    /// Revoked by an operator until restored.
+    Revoked,
+    /// Used from too many distinct clients: blocked for the cooldown.
+    Blocked,
 }
 
 fn one() -> u64 {
@@ -122,8 +153,23 @@ impl Hit {
         if self.key.is_empty() || self.key.len() > MAX_KEY_LEN || !self.key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!("key must be 1 to {MAX_KEY_LEN} visible ASCII characters"));
         }
-        if self.cost == 0 || self.cost > crate::config::MAX_LIMIT {
+        if self.cost > crate::config::MAX_LIMIT {
             return Err(format!("cost {} is out of range", self.cost));
+        }
+        if self.clients.len() > MAX_CLIENTS {
+            return Err(format!("{} clients; the limit is {MAX_CLIENTS}", self.clients.len()));
+        }
+        if self
+            .clients
+            .iter()
+            .any(|c| c.is_empty() || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err("clients must be 1 to 64 letters or digits (hashes)".into());
+        }
+        if let Some(d) = self.distinct {
+            if d.limit == 0 || d.window_ms == 0 || d.cooldown_ms == 0 {
+                return Err("distinct limit, window_ms and cooldown_ms must be positive".into());
+            }
         }
         self.rule.validate()
     }
@@ -136,7 +182,7 @@ pub struct Batch {
 }
 
 /// The answer for one hit, in the order of the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub allowed: bool,
     pub limit: u64,
@@ -146,6 +192,12 @@ pub struct Outcome {
     /// Not evaluated because an earlier hit in the batch was rejected.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Refused whatever the counter says (revoked, or blocked for too many clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied: Option<Denied>,
+    /// Seen from more distinct clients than its layer allows (`action: flag`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +206,8 @@ pub struct Outcomes {
 }
 
 impl Batch {
-    pub fn validate(&self) -> Result<(), String> {
+    /// `zero_cost`: whether hits may carry cost 0 (reports asking for a standing only).
+    pub fn validate(&self, zero_cost: bool) -> Result<(), String> {
         if self.hits.is_empty() {
             return Err("hits is empty".into());
         }
@@ -162,6 +215,9 @@ impl Batch {
             return Err(format!("{} hits; the limit is {MAX_HITS}", self.hits.len()));
         }
         for (i, h) in self.hits.iter().enumerate() {
+            if h.cost == 0 && !zero_cost {
+                return Err(format!("hits[{i}]: cost 0 is only meaningful in a report"));
+            }
             h.validate().map_err(|e| format!("hits[{i}]: {e}"))?;
         }
         Ok(())
@@ -182,6 +238,8 @@ mod tests {
                     window_ms: 60_000,
                 },
                 cost: 1,
+                clients: Vec::new(),
+                distinct: None,
             }],
         };
         let text = serde_json::to_string(&b).unwrap();
@@ -204,7 +262,7 @@ mod tests {
         ];
         for b in bad {
             let parsed: Batch = serde_json::from_str(b).unwrap();
-            assert!(parsed.validate().is_err(), "{b}");
+            assert!(parsed.validate(false).is_err(), "{b}");
         }
         assert!(
             serde_json::from_str::<Batch>(r#"{"hits":[{"key":"k","algorithm":"leaky","limit":1,"window_ms":1}]}"#)

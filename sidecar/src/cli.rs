@@ -20,6 +20,9 @@ OPTIONS:
   --token TOKEN             Require this shared token in the x-rampart-token header of every
                             /v1 call (the filter's sidecar.token). Also read from the
                             RAMPART_SIDECAR_TOKEN environment variable.
+  --admin-token TOKEN       Serve the admin API (/v1/admin/keys...: revoke, restore, list,
+                            inspect) to callers with this token in x-rampart-admin-token.
+                            Also read from RAMPART_ADMIN_TOKEN. Without it the API is off.
   --redis-timeout DURATION  Give up on a Redis call after this long, e.g. 20ms. Default 50ms.
                             The filter's own sidecar.timeout should be a little longer.
   --max-keys N              Memory store: most counters held. Default 1000000.
@@ -27,6 +30,14 @@ OPTIONS:
   -h, --help                This text.
 
 API: POST /v1/check, POST /v1/report (JSON bodies, see README), GET /healthz, GET /metrics.
+
+KEYS (revocation, from any machine that reaches the sidecar):
+  rampart-sidecar keys revoke|restore|inspect --layer NAME --api-key KEY [--reason TEXT]
+  rampart-sidecar keys list
+  with --sidecar HOST:PORT (default 127.0.0.1:8081), --admin-token (or RAMPART_ADMIN_TOKEN),
+  --key-secret (or RAMPART_KEY_SECRET: the filter's sidecar.key_secret), --query for a
+  layer keyed by a query parameter instead of a header, or --name LAYER:HASH instead of
+  --layer/--api-key. See `rampart-sidecar keys --help`.
 ";
 
 pub enum StoreChoice {
@@ -39,6 +50,7 @@ pub struct Args {
     pub listen: String,
     pub store: StoreChoice,
     pub token: Option<String>,
+    pub admin_token: Option<String>,
     pub redis_timeout: Duration,
     pub max_keys: usize,
     pub threads: usize,
@@ -54,6 +66,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Parsed, String> {
         listen: "127.0.0.1:8081".into(),
         store: StoreChoice::Memory,
         token: std::env::var("RAMPART_SIDECAR_TOKEN").ok().filter(|t| !t.is_empty()),
+        admin_token: std::env::var("RAMPART_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
         redis_timeout: Duration::from_millis(50),
         max_keys: crate::store::memory::DEFAULT_MAX_KEYS,
         threads: 2,
@@ -84,6 +97,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Parsed, String> {
                 a.store = StoreChoice::Cluster(urls);
             }
             "--token" => a.token = Some(value("--token")?).filter(|t| !t.is_empty()),
+            "--admin-token" => a.admin_token = Some(value("--admin-token")?).filter(|t| !t.is_empty()),
             "--redis-timeout" => {
                 let v = value("--redis-timeout")?;
                 let ms = rampart::duration::parse_millis(&v)

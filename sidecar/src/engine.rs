@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use rampart::wire::{Hit, Outcome, Rule};
+use rampart::wire::{Denied, Distinct, Hit, Outcome, Rule, MAX_CLIENTS};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::METRICS;
-use crate::store::{Applied, Mode, Store, StoreError};
+use crate::store::{Applied, KeyState, Mode, Observe, Store, StoreError};
 
 /// Most hits one batch drains from the queue.
 pub const MAX_BATCH: usize = 4096;
@@ -35,6 +35,8 @@ struct Job {
     rule: Rule,
     cost: u64,
     mode: Mode,
+    clients: Vec<String>,
+    distinct: Option<Distinct>,
     reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
@@ -67,6 +69,8 @@ impl Engine {
             rule: hit.rule,
             cost: hit.cost,
             mode,
+            clients: hit.clients.clone(),
+            distinct: hit.distinct,
             reply,
         };
         self.queue.try_send(job).map_err(|_| StoreError {
@@ -132,6 +136,7 @@ impl Engine {
                     reset_ms: 0,
                     retry_after_ms: 0,
                     skipped: true,
+                    ..Default::default()
                 });
                 continue;
             }
@@ -143,21 +148,27 @@ impl Engine {
                 continue;
             }
             let a = self.submit(hit, Mode::Check).await?;
-            let allowed = a.granted >= hit.cost;
+            let denied = denial(a.state);
+            let allowed = denied.is_none() && a.granted >= hit.cost;
             let o = Outcome {
                 allowed,
                 limit: a.limit,
                 remaining: a.remaining,
                 reset_ms: a.reset_ms,
                 retry_after_ms: if allowed { 0 } else { a.retry_after_ms.max(1) },
-                skipped: false,
+                denied,
+                flagged: a.state == KeyState::Flagged,
+                ..Default::default()
             };
+            note(a.state);
             if allowed {
                 METRICS.allowed.fetch_add(1, Relaxed);
             } else {
                 METRICS.rejected.fetch_add(1, Relaxed);
                 rejected = true;
-                self.remember(hit, o);
+                if denied.is_none() {
+                    self.remember(hit, o);
+                }
             }
             out.push(o);
         }
@@ -171,17 +182,36 @@ impl Engine {
         for (hit, r) in hits.iter().zip(results) {
             let a = r?;
             METRICS.recorded.fetch_add(hit.cost, Relaxed);
+            note(a.state);
             out.push(Outcome {
                 allowed: a.remaining > 0,
                 limit: a.limit,
                 remaining: a.remaining,
                 reset_ms: a.reset_ms,
                 retry_after_ms: a.retry_after_ms,
-                skipped: false,
+                denied: denial(a.state),
+                flagged: a.state == KeyState::Flagged,
+                ..Default::default()
             });
         }
         Ok(out)
     }
+}
+
+fn denial(state: KeyState) -> Option<Denied> {
+    match state {
+        KeyState::Revoked => Some(Denied::Revoked),
+        KeyState::Blocked => Some(Denied::Blocked),
+        _ => None,
+    }
+}
+
+fn note(state: KeyState) {
+    match state {
+        KeyState::Flagged => METRICS.flagged.fetch_add(1, Relaxed),
+        KeyState::Revoked | KeyState::Blocked => METRICS.denied.fetch_add(1, Relaxed),
+        KeyState::Ok => 0,
+    };
 }
 
 /// The single worker: drain, merge by counter, apply concurrently, hand out results.
@@ -201,7 +231,26 @@ async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
                 let cost: u64 = jobs.iter().map(|j| j.cost).sum();
                 METRICS.coalesced.fetch_add(jobs.len() as u64 - 1, Relaxed);
                 METRICS.store_calls.fetch_add(1, Relaxed);
-                let result = store.apply(&key, rule, cost, mode).await;
+                // Merged hits carry their clients together (deduplicated, capped).
+                let mut clients: Vec<String> = Vec::new();
+                for c in jobs.iter().flat_map(|j| j.clients.iter()) {
+                    if clients.len() < MAX_CLIENTS && !clients.contains(c) {
+                        clients.push(c.clone());
+                    }
+                }
+                let distinct = jobs.iter().find_map(|j| j.distinct);
+                let result = store
+                    .apply(
+                        &key,
+                        rule,
+                        cost,
+                        mode,
+                        Observe {
+                            clients: &clients,
+                            distinct,
+                        },
+                    )
+                    .await;
                 distribute(jobs, result);
             }
         });

@@ -19,7 +19,12 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub store: Arc<Store>,
     pub token: Option<String>,
+    /// The admin API (`/v1/admin/...`) is served only when this is set.
+    pub admin_token: Option<String>,
 }
+
+/// Header carrying the admin token.
+pub const ADMIN_TOKEN_HEADER: &str = "x-rampart-admin-token";
 
 type Reply = Response<Full<Bytes>>;
 
@@ -67,7 +72,7 @@ impl App {
                         return error(StatusCode::UNAUTHORIZED, "missing or wrong x-rampart-token");
                     }
                 }
-                let batch = match read_batch(req).await {
+                let batch = match read_batch(req, path == "/v1/report").await {
                     Ok(b) => b,
                     Err(r) => {
                         METRICS.bad_requests.fetch_add(1, Relaxed);
@@ -88,6 +93,7 @@ impl App {
                     Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
                 }
             }
+            (_, p) if p.starts_with("/v1/admin/") => self.admin(req).await,
             (_, "/v1/check" | "/v1/report" | "/healthz" | "/metrics") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path")
             }
@@ -99,7 +105,83 @@ impl App {
     }
 }
 
-async fn read_batch(req: Request<Incoming>) -> Result<Batch, Reply> {
+impl App {
+    /// Revocation and inspection of keys (by counter name: `<layer>:<hash>`).
+    async fn admin(&self, req: Request<Incoming>) -> Reply {
+        let Some(token) = &self.admin_token else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the admin API is off: start the sidecar with --admin-token",
+            );
+        };
+        let given = req
+            .headers()
+            .get(ADMIN_TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or(b"");
+        if !same(given, token.as_bytes()) {
+            METRICS.unauthorized.fetch_add(1, Relaxed);
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong x-rampart-admin-token");
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let result = match (method, path.as_str()) {
+            (Method::GET, "/v1/admin/keys") => self.store.list().await.map(|keys| {
+                serde_json::json!({ "keys": keys.iter().map(|k| k.json()).collect::<Vec<_>>() })
+            }),
+            (Method::GET, "/v1/admin/keys/inspect") => {
+                let Some(key) = query.split('&').find_map(|kv| kv.strip_prefix("key=")) else {
+                    return error(StatusCode::BAD_REQUEST, "give ?key=<layer>:<hash>");
+                };
+                let key = key.to_string();
+                if let Err(why) = valid_key(&key) {
+                    return error(StatusCode::BAD_REQUEST, &why);
+                }
+                self.store.inspect(&key).await.map(|k| k.json())
+            }
+            (Method::POST, "/v1/admin/keys/revoke" | "/v1/admin/keys/restore") => {
+                let body = match read_body(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let v: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+                };
+                let Some(key) = v["key"].as_str() else {
+                    return error(StatusCode::BAD_REQUEST, "body needs \"key\": \"<layer>:<hash>\"");
+                };
+                if let Err(why) = valid_key(key) {
+                    return error(StatusCode::BAD_REQUEST, &why);
+                }
+                if path.ends_with("revoke") {
+                    let reason = v["reason"].as_str().unwrap_or("revoked").chars().take(200).collect::<String>();
+                    self.store.revoke(key, &reason).await.map(|_| serde_json::json!({ "key": key, "revoked": true }))
+                } else {
+                    self.store.restore(key).await.map(|_| serde_json::json!({ "key": key, "revoked": false }))
+                }
+            }
+            _ => return error(StatusCode::NOT_FOUND, "admin paths: GET /v1/admin/keys, GET /v1/admin/keys/inspect?key=, POST /v1/admin/keys/revoke, POST /v1/admin/keys/restore"),
+        };
+        match result {
+            Ok(v) => reply(StatusCode::OK, "application/json", v.to_string()),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+}
+
+fn valid_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > rampart::wire::MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "key must be 1 to {} visible ASCII characters",
+            rampart::wire::MAX_KEY_LEN
+        ));
+    }
+    Ok(())
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -111,17 +193,21 @@ async fn read_batch(req: Request<Incoming>) -> Result<Batch, Reply> {
             &format!("body over {MAX_BODY_BYTES} bytes"),
         ));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body over {MAX_BODY_BYTES} bytes"),
-            ))
-        }
-    };
+    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body over {MAX_BODY_BYTES} bytes"),
+        )),
+    }
+}
+
+async fn read_batch(req: Request<Incoming>, zero_cost: bool) -> Result<Batch, Reply> {
+    let body = read_body(req).await?;
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body is not a hit batch: {e}")))?;
-    batch.validate().map_err(|e| error(StatusCode::BAD_REQUEST, &e))?;
+    batch
+        .validate(zero_cost)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &e))?;
     Ok(batch)
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod engine;
 mod http;
+mod keys;
 mod metrics;
 mod store;
 
@@ -19,7 +20,11 @@ use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 fn main() {
-    let args = match cli::parse(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("keys") {
+        std::process::exit(keys::main(&argv[1..]));
+    }
+    let args = match cli::parse(argv.into_iter()) {
         Ok(cli::Parsed::Run(a)) => a,
         Ok(cli::Parsed::Help) => {
             print!("{}", cli::HELP);
@@ -67,6 +72,7 @@ async fn serve(args: Args) -> Result<(), String> {
         engine,
         store: Arc::clone(&store),
         token: args.token.clone(),
+        admin_token: args.admin_token.clone(),
     });
     let listener = TcpListener::bind(&args.listen)
         .await

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub errors_transient: AtomicU64,
     pub errors_permanent: AtomicU64,
     pub bad_requests: AtomicU64,
+    pub flagged: AtomicU64,
+    pub denied: AtomicU64,
     pub unauthorized: AtomicU64,
     pub redis_latency: Histogram,
 }
@@ -73,6 +75,8 @@ pub static METRICS: Metrics = Metrics {
     errors_transient: AtomicU64::new(0),
     errors_permanent: AtomicU64::new(0),
     bad_requests: AtomicU64::new(0),
+    flagged: AtomicU64::new(0),
+    denied: AtomicU64::new(0),
     unauthorized: AtomicU64::new(0),
     redis_latency: Histogram::new(),
 };

@@ -210,5 +210,46 @@ pub fn cases() -> Vec<(String, &'static str, &'static str)> {
             "sidecar.token:",
             "visible ASCII",
         ),
+        (
+            l(r#""max_ips_per_key":{"limit":5,"window":"10m"}"#),
+            "layers[0].max_ips_per_key:",
+            "scope",
+        ),
+        (
+            format!(
+                r#"{{"sidecar":{{"upstream":"s"}},"layers":[{}]}}"#,
+                OK_LAYER.replacen(
+                    '{',
+                    r#"{"scope":"cluster","max_ips_per_key":{"limit":0,"window":"10m"},"#,
+                    1
+                )
+            ),
+            "layers[0].max_ips_per_key.limit:",
+            "out of range",
+        ),
+        (
+            format!(
+                r#"{{"sidecar":{{"upstream":"s"}},"layers":[{}]}}"#,
+                OK_LAYER.replacen(
+                    '{',
+                    r#"{"scope":"cluster","max_ips_per_key":{"limit":5,"window":"10m","action":"ban"},"#,
+                    1
+                )
+            ),
+            "layers[0].max_ips_per_key.action:",
+            "not one of",
+        ),
+        (
+            format!(
+                r#"{{"sidecar":{{"upstream":"s"}},"layers":[{}]}}"#,
+                OK_LAYER.replacen(
+                    '{',
+                    r#"{"scope":"cluster","max_ips_per_key":{"limit":5,"window":"10m","cooldown":"1h"},"#,
+                    1
+                )
+            ),
+            "layers[0].max_ips_per_key.cooldown:",
+            "block",
+        ),
     ]
 }

@@ -7,10 +7,23 @@ pub mod redis;
 #[cfg(test)]
 mod tests;
 
-use rampart::wire::Rule;
+use rampart::wire::{Distinct, Rule};
+
+/// A key's standing apart from its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyState {
+    #[default]
+    Ok,
+    /// Revoked by an operator: nothing was charged.
+    Revoked,
+    /// Blocked for using too many distinct clients (`retry_after_ms` = cooldown left).
+    Blocked,
+    /// Over its distinct-client limit with `action: flag`: admitted, and reported.
+    Flagged,
+}
 
 /// What charging a counter did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Applied {
     /// Tokens taken (check) or recorded (report).
     pub granted: u64,
@@ -20,6 +33,41 @@ pub struct Applied {
     pub reset_ms: u64,
     /// When nothing fitted: how long until something will.
     pub retry_after_ms: u64,
+    pub state: KeyState,
+    /// Distinct clients seen for the key in the current window (0 when not tracked).
+    pub distinct: u64,
+}
+
+/// Client observations that ride along with a charge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observe<'a> {
+    pub clients: &'a [String],
+    pub distinct: Option<Distinct>,
+}
+
+/// What an operator sees of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyInfo {
+    pub key: String,
+    pub revoked: bool,
+    pub reason: Option<String>,
+    /// Milliseconds of block left (0: not blocked).
+    pub blocked_ms: u64,
+    pub flagged: bool,
+    pub distinct: u64,
+}
+
+impl KeyInfo {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key": self.key, "revoked": self.revoked, "reason": self.reason,
+            "blocked_ms": self.blocked_ms, "flagged": self.flagged, "distinct_clients": self.distinct,
+        })
+    }
+
+    pub fn notable(&self) -> bool {
+        self.revoked || self.blocked_ms > 0 || self.flagged
+    }
 }
 
 /// Check takes as many of `cost` as fit; Record adds all of it, limit or not.
@@ -49,10 +97,53 @@ pub enum Store {
 }
 
 impl Store {
-    pub async fn apply(&self, key: &str, rule: Rule, cost: u64, mode: Mode) -> Result<Applied, StoreError> {
+    pub async fn apply(
+        &self,
+        key: &str,
+        rule: Rule,
+        cost: u64,
+        mode: Mode,
+        seen: Observe<'_>,
+    ) -> Result<Applied, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.apply(key, rule, cost, mode)),
-            Store::Redis(r) => r.apply(key, rule, cost, mode).await,
+            Store::Memory(m) => Ok(m.apply(key, rule, cost, mode, seen)),
+            Store::Redis(r) => r.apply(key, rule, cost, mode, seen).await,
+        }
+    }
+
+    pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.revoke(key, reason);
+                Ok(())
+            }
+            Store::Redis(r) => r.revoke(key, reason).await,
+        }
+    }
+
+    /// Lifts a revocation and any block or flag.
+    pub async fn restore(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.restore(key);
+                Ok(())
+            }
+            Store::Redis(r) => r.restore(key).await,
+        }
+    }
+
+    pub async fn inspect(&self, key: &str) -> Result<KeyInfo, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.inspect(key)),
+            Store::Redis(r) => r.inspect(key).await,
+        }
+    }
+
+    /// Keys that are revoked, blocked or flagged now.
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.list()),
+            Store::Redis(r) => r.list().await,
         }
     }
 

@@ -6,10 +6,16 @@
 //! the skew between their hosts. Scripts run with EVALSHA (loaded on first NOSCRIPT).
 //! Lua instead of MULTI because each decision reads before it writes.
 //!
-//! Key layout: `rampart:v1:<algorithm>:<window_ms>:{<key>}` where `<key>` is the
-//! filter's keyed hash (hex): API keys never reach Redis in clear. The rule is part of
-//! the name so a changed window starts a fresh counter instead of misreading an old one.
-//! Every key carries a TTL: it disappears once its counter would read empty again.
+//! Key layout, where `<key>` is the filter's keyed hash (API keys never reach Redis in
+//! clear) and every key of one client key shares the hash tag `{<key>}`, so one script
+//! may touch them all, on one Cluster slot:
+//! - `rampart:v1:<algorithm>:<window_ms>:{<key>}` the counter (the rule is part of the
+//!   name so a changed window starts afresh); TTL: until it would read empty again
+//! - `rampart:v1:revoked:{<key>}` revocation reason (no TTL: until restored)
+//! - `rampart:v1:blocked:{<key>}` block for too many clients (TTL: the cooldown)
+//! - `rampart:v1:flagged:{<key>}` flag for too many clients (TTL: the window)
+//! - `rampart:v1:clients:{<key>}` HyperLogLog of client hashes (TTL: the window)
+//! - `rampart:v1:index:<revoked|blocked|flagged>` sets of keys, for listing only.
 //!
 //! Concurrency: one multiplexed connection (per node, in Cluster) carries every command;
 //! the sidecar issues a batch's commands concurrently, which the connection pipelines.
@@ -22,11 +28,15 @@ use redis::{RedisError, Script};
 
 use rampart::wire::Rule;
 
-use super::{Applied, Mode, StoreError};
+use super::{Applied, KeyInfo, KeyState, Mode, Observe, StoreError};
 use crate::metrics::METRICS;
 
-/// Shared prologue: Redis time in microseconds, and the arguments.
-/// KEYS[1] counter key; ARGV: limit, window_ms, burst, cost, record (1 = add all).
+/// Shared prologue: Redis time in microseconds, the arguments, and the guards.
+/// KEYS: counter, revoked, blocked, clients (HLL), flagged — all under one hash tag.
+/// ARGV: limit, window_ms, burst, cost, record (1 = add all), distinct limit (0 = off),
+/// distinct window_ms, block (1) or flag, cooldown_ms, then the client hashes.
+/// Returns {granted, limit, remaining, reset_ms, retry_ms, state, distinct} with state
+/// 0 ok, 1 revoked, 2 blocked, 3 flagged.
 const PROLOGUE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -40,6 +50,31 @@ local function grant(capacity)
   if capacity < cost then return capacity end
   return cost
 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0, limit, 0, 0, 0, 1, 0} end
+local blocked = redis.call('PTTL', KEYS[3])
+if blocked > 0 then return {0, limit, 0, 0, blocked, 2, 0} end
+local r = (function()
+"#;
+
+/// Shared epilogue: distinct clients (HyperLogLog), then flag or block.
+const EPILOGUE: &str = r#"
+end)()
+local state, seen = 0, 0
+local dlimit = tonumber(ARGV[6])
+if dlimit > 0 and #ARGV > 9 then
+  redis.call('PFADD', KEYS[4], unpack(ARGV, 10))
+  if redis.call('PTTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], ARGV[7]) end
+  seen = redis.call('PFCOUNT', KEYS[4])
+  if seen > dlimit then
+    if ARGV[8] == '1' then
+      redis.call('SET', KEYS[3], '1', 'PX', ARGV[9])
+      return {r[1], r[2], r[3], r[4], tonumber(ARGV[9]), 2, seen}
+    end
+    redis.call('SET', KEYS[5], seen, 'PX', ARGV[7])
+    state = 3
+  end
+end
+return {r[1], r[2], r[3], r[4], r[5], state, seen}
 "#;
 
 /// Fixed window: hash {w = window number, c = count}.
@@ -164,7 +199,7 @@ impl RedisStore {
     }
 
     fn with(conn: Conn, timeout: Duration) -> RedisStore {
-        let script = |body: &str| Script::new(&format!("{PROLOGUE}{body}"));
+        let script = |body: &str| Script::new(&format!("{PROLOGUE}{body}{EPILOGUE}"));
         RedisStore {
             conn,
             scripts: [script(FIXED), script(SLIDING), script(GCRA)],
@@ -183,18 +218,42 @@ impl RedisStore {
         format!("rampart:v1:{}:{}:{{{key}}}", rule.algorithm().name(), rule.window_ms())
     }
 
-    pub async fn apply(&self, key: &str, rule: Rule, cost: u64, mode: Mode) -> Result<Applied, StoreError> {
+    fn guard_key(kind: &str, key: &str) -> String {
+        format!("rampart:v1:{kind}:{{{key}}}")
+    }
+
+    pub async fn apply(
+        &self,
+        key: &str,
+        rule: Rule,
+        cost: u64,
+        mode: Mode,
+        seen: Observe<'_>,
+    ) -> Result<Applied, StoreError> {
         let script = match rule {
             Rule::FixedWindow { .. } => &self.scripts[0],
             Rule::SlidingWindow { .. } => &self.scripts[1],
             Rule::TokenBucket { .. } => &self.scripts[2],
         };
         let mut inv = script.key(Self::key(key, &rule));
+        for kind in ["revoked", "blocked", "clients", "flagged"] {
+            inv.key(Self::guard_key(kind, key));
+        }
+        let d = seen.distinct;
         inv.arg(rule.limit())
             .arg(rule.window_ms())
             .arg(rule.burst())
             .arg(cost)
-            .arg(if mode == Mode::Record { 1 } else { 0 });
+            .arg(if mode == Mode::Record { 1 } else { 0 })
+            .arg(d.map_or(0, |d| d.limit))
+            .arg(d.map_or(1, |d| d.window_ms))
+            .arg(d.is_some_and(|d| d.block) as u8)
+            .arg(d.map_or(1, |d| d.cooldown_ms));
+        if d.is_some() {
+            for c in seen.clients {
+                inv.arg(c);
+            }
+        }
         let started = Instant::now();
         let call = async {
             match self.conn.clone() {
@@ -210,11 +269,28 @@ impl RedisStore {
             Ok(Ok(v)) => v,
         };
         let get = |i: usize| values.get(i).copied().unwrap_or(0).max(0) as u64;
-        if values.len() != 5 {
+        if values.len() != 7 {
             return Err(StoreError {
                 transient: false,
                 message: format!("script returned {values:?}"),
             });
+        }
+        let state = match get(5) {
+            1 => KeyState::Revoked,
+            2 => KeyState::Blocked,
+            3 => KeyState::Flagged,
+            _ => KeyState::Ok,
+        };
+        // Remember blocked and flagged keys for `keys list` (a separate key: another slot).
+        let index = match state {
+            KeyState::Blocked => Some("blocked"),
+            KeyState::Flagged => Some("flagged"),
+            _ => None,
+        };
+        if let Some(kind) = index {
+            let _ = self
+                .query::<i64>(redis::cmd("SADD").arg(format!("rampart:v1:index:{kind}")).arg(key))
+                .await;
         }
         Ok(Applied {
             granted: get(0),
@@ -222,7 +298,85 @@ impl RedisStore {
             remaining: get(2),
             reset_ms: get(3),
             retry_after_ms: get(4),
+            state,
+            distinct: get(6),
         })
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let call = async {
+            match self.conn.clone() {
+                Conn::Single(mut c) => cmd.query_async::<T>(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async::<T>(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(timeout_error(self.timeout)),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
+        self.query::<()>(redis::cmd("SET").arg(Self::guard_key("revoked", key)).arg(reason))
+            .await?;
+        self.query::<i64>(redis::cmd("SADD").arg("rampart:v1:index:revoked").arg(key))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn restore(&self, key: &str) -> Result<(), StoreError> {
+        let mut del = redis::cmd("DEL");
+        for kind in ["revoked", "blocked", "flagged", "clients"] {
+            del.arg(Self::guard_key(kind, key));
+        }
+        self.query::<i64>(&del).await?;
+        for kind in ["revoked", "blocked", "flagged"] {
+            self.query::<i64>(redis::cmd("SREM").arg(format!("rampart:v1:index:{kind}")).arg(key))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn inspect(&self, key: &str) -> Result<KeyInfo, StoreError> {
+        let reason: Option<String> = self
+            .query(redis::cmd("GET").arg(Self::guard_key("revoked", key)))
+            .await?;
+        let blocked: i64 = self
+            .query(redis::cmd("PTTL").arg(Self::guard_key("blocked", key)))
+            .await?;
+        let flagged: i64 = self
+            .query(redis::cmd("EXISTS").arg(Self::guard_key("flagged", key)))
+            .await?;
+        let distinct: i64 = self
+            .query(redis::cmd("PFCOUNT").arg(Self::guard_key("clients", key)))
+            .await?;
+        Ok(KeyInfo {
+            key: key.to_string(),
+            revoked: reason.is_some(),
+            reason,
+            blocked_ms: blocked.max(0) as u64,
+            flagged: flagged == 1,
+            distinct: distinct.max(0) as u64,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let mut names = std::collections::BTreeSet::new();
+        for kind in ["revoked", "blocked", "flagged"] {
+            let members: Vec<String> = self
+                .query(redis::cmd("SMEMBERS").arg(format!("rampart:v1:index:{kind}")))
+                .await?;
+            names.extend(members);
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let info = self.inspect(&name).await?;
+            if info.notable() {
+                out.push(info);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

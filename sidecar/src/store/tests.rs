@@ -5,7 +5,8 @@ use rampart_test_harness::redis::{RedisCluster, RedisNode};
 
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
-use super::{Mode, Store};
+use super::{KeyState, Mode, Observe, Store};
+use rampart::wire::Distinct;
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -40,29 +41,141 @@ async fn suite(store: &Store, tag: &str) {
         let key = format!("{tag}-{}", rule.algorithm().name());
         // One at a time: exactly the limit, then a rejection with a Retry-After.
         for i in 0..5 {
-            let a = store.apply(&key, rule, 1, Mode::Check).await.expect("apply");
+            let a = store
+                .apply(&key, rule, 1, Mode::Check, Observe::default())
+                .await
+                .expect("apply");
             assert_eq!((a.granted, a.remaining), (1, 4 - i), "{key} hit {i}");
         }
-        let a = store.apply(&key, rule, 1, Mode::Check).await.expect("apply");
+        let a = store
+            .apply(&key, rule, 1, Mode::Check, Observe::default())
+            .await
+            .expect("apply");
         assert_eq!(a.granted, 0, "{key}: over the limit");
         assert!(a.retry_after_ms > 0, "{key}: retry after");
         // Coalesced: a cost of 3 on a fresh counter with 5 takes 3, then 2 of the next 3.
         let key2 = format!("{key}-coalesced");
         assert_eq!(
-            store.apply(&key2, rule, 3, Mode::Check).await.expect("apply").granted,
+            store
+                .apply(&key2, rule, 3, Mode::Check, Observe::default())
+                .await
+                .expect("apply")
+                .granted,
             3
         );
-        let a = store.apply(&key2, rule, 3, Mode::Check).await.expect("apply");
+        let a = store
+            .apply(&key2, rule, 3, Mode::Check, Observe::default())
+            .await
+            .expect("apply");
         assert_eq!((a.granted, a.remaining), (2, 0), "{key2}");
         // Record adds everything, even past the limit; the counter then reads full.
         let key3 = format!("{key}-record");
-        let a = store.apply(&key3, rule, 9, Mode::Record).await.expect("apply");
+        let a = store
+            .apply(&key3, rule, 9, Mode::Record, Observe::default())
+            .await
+            .expect("apply");
         assert_eq!((a.granted, a.remaining), (9, 0), "{key3}");
         assert_eq!(
-            store.apply(&key3, rule, 1, Mode::Check).await.expect("apply").granted,
+            store
+                .apply(&key3, rule, 1, Mode::Check, Observe::default())
+                .await
+                .expect("apply")
+                .granted,
             0
         );
     }
+    guards(store, tag).await;
+}
+
+/// Revocation, restore, and distinct-client flag and block.
+async fn guards(store: &Store, tag: &str) {
+    let rule = rules()[0];
+    let key = format!("{tag}-revoked");
+    store.revoke(&key, "stolen").await.expect("revoke");
+    let a = store
+        .apply(&key, rule, 1, Mode::Check, Observe::default())
+        .await
+        .expect("apply");
+    assert_eq!(
+        (a.state, a.granted),
+        (KeyState::Revoked, 0),
+        "a revoked key is not charged"
+    );
+    let info = store.inspect(&key).await.expect("inspect");
+    assert!(info.revoked && info.reason.as_deref() == Some("stolen"), "{info:?}");
+    assert!(store.list().await.expect("list").iter().any(|k| k.key == key));
+    store.restore(&key).await.expect("restore");
+    let a = store
+        .apply(&key, rule, 1, Mode::Check, Observe::default())
+        .await
+        .expect("apply");
+    assert_eq!((a.state, a.granted), (KeyState::Ok, 1));
+
+    let clients: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+    let flag = Distinct {
+        limit: 3,
+        window_ms: 600_000,
+        block: false,
+        cooldown_ms: 600_000,
+    };
+    let key = format!("{tag}-flag");
+    let seen = |n: usize| Observe {
+        clients: &clients[..n],
+        distinct: Some(flag),
+    };
+    assert_eq!(
+        store
+            .apply(&key, rule, 1, Mode::Check, seen(3))
+            .await
+            .expect("apply")
+            .state,
+        KeyState::Ok
+    );
+    let a = store.apply(&key, rule, 1, Mode::Check, seen(5)).await.expect("apply");
+    assert_eq!(
+        (a.state, a.granted),
+        (KeyState::Flagged, 1),
+        "flagged keys are still admitted"
+    );
+    assert!(a.distinct >= 4, "{a:?}");
+
+    let block = Distinct {
+        block: true,
+        cooldown_ms: 60_000,
+        ..flag
+    };
+    let key = format!("{tag}-block");
+    let a = store
+        .apply(
+            &key,
+            rule,
+            1,
+            Mode::Check,
+            Observe {
+                clients: &clients,
+                distinct: Some(block),
+            },
+        )
+        .await
+        .expect("apply");
+    assert_eq!(a.state, KeyState::Blocked);
+    assert!(a.retry_after_ms > 50_000, "{a:?}");
+    let a = store
+        .apply(&key, rule, 1, Mode::Check, Observe::default())
+        .await
+        .expect("apply");
+    assert_eq!(a.state, KeyState::Blocked, "blocked for the cooldown, whoever asks");
+    let listed = store.list().await.expect("list");
+    assert!(listed.iter().any(|k| k.key == key && k.blocked_ms > 0), "{listed:?}");
+    store.restore(&key).await.expect("restore");
+    assert_eq!(
+        store
+            .apply(&key, rule, 1, Mode::Check, Observe::default())
+            .await
+            .expect("apply")
+            .state,
+        KeyState::Ok
+    );
 }
 
 #[test]
@@ -78,7 +191,7 @@ fn memory_store_is_bounded() {
         window_ms: 3_600_000,
     };
     for i in 0..1000 {
-        m.apply(&format!("k{i}"), rule, 1, Mode::Check);
+        m.apply(&format!("k{i}"), rule, 1, Mode::Check, Observe::default());
     }
     assert!(m.len() <= 100, "{} keys held", m.len());
 }
@@ -116,7 +229,7 @@ fn redis_cluster_store() {
         // Spread many counters: every master must hold some.
         for i in 0..60 {
             store
-                .apply(&format!("spread-{i}"), rules()[0], 1, Mode::Check)
+                .apply(&format!("spread-{i}"), rules()[0], 1, Mode::Check, Observe::default())
                 .await
                 .expect("apply");
         }
@@ -135,7 +248,7 @@ fn redis_errors_are_classified() {
             .expect("connect");
         redis.freeze();
         let err = store
-            .apply("k", rules()[0], 1, Mode::Check)
+            .apply("k", rules()[0], 1, Mode::Check, Observe::default())
             .await
             .expect_err("frozen redis answers nothing");
         assert!(err.transient, "{err}");
