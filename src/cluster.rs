@@ -112,7 +112,7 @@ impl Views {
     /// it does, a zero-cost hit is queued so the next report learns of a restore.
     pub fn denied(&mut self, name: &str, now: u64) -> Option<(Denied, u64)> {
         let (kind, until) = self.views.get(name)?.denied.filter(|(_, until)| *until > now)?;
-        let probe = self.pending.get(name).is_none();
+        let probe = !self.pending.contains_key(name);
         if probe {
             let rule = self.views.get(name)?.rule;
             self.pending.insert(

@@ -1,6 +1,8 @@
 //! Every malformed plugin configuration is refused with one line that names the field
 //! path and the reason; none panics.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use rampart::config::compile;
 
 mod corpus;

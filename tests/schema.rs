@@ -2,6 +2,8 @@
 //! own validation: every example passes both; every malformed config that a schema can
 //! express is refused by both.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 mod corpus;
 
 use boon::{Compiler, Schemas};

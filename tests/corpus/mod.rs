@@ -1,6 +1,7 @@
 //! Malformed plugin configurations shared by the refusal tests and the JSON Schema
 //! agreement test: (config text, expected start of the error line, reason fragment).
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 #![allow(dead_code)]
 
 /// A valid layer that each case mutates.
