@@ -378,6 +378,71 @@ mod cluster_layers {
     }
 
     #[test]
+    fn revoked_or_blocked_keys_get_403_and_flags_are_counted() {
+        let w = engine(&policy("open", ""));
+        let mut host = FakeHost::new().with_header("x-api-key", b"k");
+        let denied = |kind, retry_after_ms| Outcomes {
+            results: vec![Outcome {
+                allowed: false,
+                limit: 5,
+                retry_after_ms,
+                denied: Some(kind),
+                ..Default::default()
+            }],
+        };
+        let r = ask(&w, &mut host, Some(denied(crate::wire::Denied::Revoked, 0)))
+            .1
+            .rejection
+            .expect("revoked");
+        assert_eq!(r.status, 403);
+        assert_eq!(r.body, r#"{"error":"key_revoked","layer":"keys","retry_after":0}"#);
+        let r = ask(&w, &mut host, Some(denied(crate::wire::Denied::Blocked, 900_000)))
+            .1
+            .rejection
+            .expect("blocked");
+        assert_eq!(header(&r.headers, "retry-after"), Some("900"));
+        assert_eq!(host.count_of(0, Event::Denied), 2);
+        assert_eq!(host.count_of(1, Event::Allowed), 0, "later layers are not charged");
+        let flagged = Outcomes {
+            results: vec![Outcome {
+                allowed: true,
+                limit: 5,
+                remaining: 4,
+                flagged: true,
+                ..Default::default()
+            }],
+        };
+        assert!(
+            ask(&w, &mut host, Some(flagged.clone())).1.rejection.is_none(),
+            "flagging never refuses"
+        );
+        ask(&w, &mut host, Some(flagged));
+        assert_eq!(host.count_of(0, Event::Flagged), 2);
+        assert_eq!(w.state.borrow().flagged_logged.len(), 1, "logged once per key");
+    }
+
+    #[test]
+    fn distinct_client_layers_send_a_hashed_client() {
+        let w = engine(
+            r#"{"client_ip":{"from":"xff","trusted_hops":0},"sidecar":{"upstream":"sc"},"layers":[
+            {"name":"keys","key":"header:x-api-key","algorithm":"fixed_window","limit":5,"window":"1m","scope":"cluster","sync":"sync",
+             "max_ips_per_key":{"limit":50,"window":"10m","action":"block","cooldown":"15m"}}]}"#,
+        );
+        let mut host = FakeHost::new()
+            .with_header("x-api-key", b"k")
+            .with_header("x-forwarded-for", b"203.0.113.7");
+        let (batch, _) = ask(&w, &mut host, Some(outcome(true, 4)));
+        let hit = &batch.hits[0];
+        assert_eq!(hit.clients.len(), 1);
+        assert!(!hit.clients[0].contains("203"), "the address is hashed");
+        let d = hit.distinct.expect("distinct rule");
+        assert_eq!(
+            (d.limit, d.window_ms, d.block, d.cooldown_ms),
+            (50, 600_000, true, 900_000)
+        );
+    }
+
+    #[test]
     fn sidecar_failure_open_uses_the_fallback_limit() {
         let w = engine(&policy("open", r#","fallback":{"limit":2}"#));
         let mut host = FakeHost::new().with_header("x-api-key", b"k");
