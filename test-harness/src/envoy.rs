@@ -97,6 +97,26 @@ fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
     cur
 }
 
+/// Points the first endpoint of the static cluster `name` at `port` on loopback.
+fn set_cluster_port(cfg: &mut Value, name: &str, port: Option<u16>) {
+    let (Some(port), Some(clusters)) = (port, cfg["static_resources"]["clusters"].as_array_mut()) else {
+        return;
+    };
+    for c in clusters.iter_mut().filter(|c| c["name"] == name) {
+        let path = [
+            "load_assignment",
+            "endpoints",
+            "0",
+            "lb_endpoints",
+            "0",
+            "endpoint",
+            "address",
+            "socket_address",
+        ];
+        at(c, &path)["port_value"] = json!(port);
+    }
+}
+
 /// The shipped config with this run's ports, paths and filter.
 pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
     let mut cfg: Value = serde_norway::from_str(&read_project_file(opts.template))
@@ -105,42 +125,8 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
     let listener = at(&mut cfg, &["static_resources", "listeners", "0"]);
     *at(listener, &["address", "socket_address", "port_value"]) = json!(port);
     *at(listener, &["address", "socket_address", "address"]) = json!("127.0.0.1");
-    if let Some(clusters) = cfg["static_resources"]["clusters"].as_array_mut() {
-        for c in clusters.iter_mut().filter(|c| c["name"] == "rampart_sidecar") {
-            if let Some(port) = opts.sidecar_port {
-                let sa = at(
-                    c,
-                    &[
-                        "load_assignment",
-                        "endpoints",
-                        "0",
-                        "lb_endpoints",
-                        "0",
-                        "endpoint",
-                        "address",
-                        "socket_address",
-                    ],
-                );
-                sa["port_value"] = json!(port);
-            }
-        }
-        for c in clusters.iter_mut().filter(|c| c["name"] == "upstream") {
-            let sa = at(
-                c,
-                &[
-                    "load_assignment",
-                    "endpoints",
-                    "0",
-                    "lb_endpoints",
-                    "0",
-                    "endpoint",
-                    "address",
-                    "socket_address",
-                ],
-            );
-            sa["port_value"] = json!(opts.upstream_port);
-        }
-    }
+    set_cluster_port(&mut cfg, "upstream", Some(opts.upstream_port));
+    set_cluster_port(&mut cfg, "rampart_sidecar", opts.sidecar_port);
     let hcm = at(
         &mut cfg,
         &[
