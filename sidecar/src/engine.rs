@@ -27,6 +27,8 @@ use crate::store::{Applied, KeyState, Mode, Observe, Store, StoreError};
 pub const MAX_BATCH: usize = 4096;
 /// Queue length before new hits are refused (back-pressure instead of unbounded memory).
 pub const MAX_QUEUE: usize = 65_536;
+/// Batches whose store calls may be in flight at once.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most counters remembered as over their limit.
 pub const MAX_CACHED: usize = 100_000;
 
@@ -216,46 +218,60 @@ fn note(state: KeyState) {
 
 /// The single worker: drain, merge by counter, apply concurrently, hand out results.
 async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
+    // A few batches may be in flight at once: a new batch need not wait for the last
+    // one's Redis round trip (that wait is latency every sync request would pay), yet
+    // hits arriving meanwhile still pile up into the next batch and coalesce.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut groups: HashMap<(String, Rule, Mode), Vec<Job>> = HashMap::new();
-        for job in batch.drain(..) {
-            groups
-                .entry((job.key.clone(), job.rule, job.mode))
-                .or_default()
-                .push(job);
-        }
-        let calls = groups.into_iter().map(|((key, rule, mode), jobs)| {
-            let store = Arc::clone(&store);
-            async move {
-                let cost: u64 = jobs.iter().map(|j| j.cost).sum();
-                METRICS.coalesced.fetch_add(jobs.len() as u64 - 1, Relaxed);
-                METRICS.store_calls.fetch_add(1, Relaxed);
-                // Merged hits carry their clients together (deduplicated, capped).
-                let mut clients: Vec<String> = Vec::new();
-                for c in jobs.iter().flat_map(|j| j.clients.iter()) {
-                    if clients.len() < MAX_CLIENTS && !clients.contains(c) {
-                        clients.push(c.clone());
-                    }
-                }
-                let distinct = jobs.iter().find_map(|j| j.distinct);
-                let result = store
-                    .apply(
-                        &key,
-                        rule,
-                        cost,
-                        mode,
-                        Observe {
-                            clients: &clients,
-                            distinct,
-                        },
-                    )
-                    .await;
-                distribute(jobs, result);
-            }
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            execute(&store, jobs).await;
+            drop(permit);
         });
-        join_all(calls).await;
     }
+}
+
+/// Merges a batch by counter and applies the merged hits concurrently.
+async fn execute(store: &Arc<Store>, batch: Vec<Job>) {
+    let mut groups: HashMap<(String, Rule, Mode), Vec<Job>> = HashMap::new();
+    for job in batch {
+        groups
+            .entry((job.key.clone(), job.rule, job.mode))
+            .or_default()
+            .push(job);
+    }
+    let calls = groups.into_iter().map(|((key, rule, mode), jobs)| async move {
+        let cost: u64 = jobs.iter().map(|j| j.cost).sum();
+        METRICS.coalesced.fetch_add(jobs.len() as u64 - 1, Relaxed);
+        METRICS.store_calls.fetch_add(1, Relaxed);
+        // Merged hits carry their clients together (deduplicated, capped).
+        let mut clients: Vec<String> = Vec::new();
+        for c in jobs.iter().flat_map(|j| j.clients.iter()) {
+            if clients.len() < MAX_CLIENTS && !clients.contains(c) {
+                clients.push(c.clone());
+            }
+        }
+        let distinct = jobs.iter().find_map(|j| j.distinct);
+        let result = store
+            .apply(
+                &key,
+                rule,
+                cost,
+                mode,
+                Observe {
+                    clients: &clients,
+                    distinct,
+                },
+            )
+            .await;
+        distribute(jobs, result);
+    });
+    join_all(calls).await;
 }
 
 /// Hands a merged result back to the jobs in arrival order: each takes its cost from

@@ -253,6 +253,15 @@ fn hostile_key_values_neither_crash_nor_collide_nor_reach_redis_in_clear() {
             &v[..v.len().min(12)]
         );
     }
+    // Values Envoy itself refuses never reach Rampart; nothing breaks either way.
+    let huge = vec![b'K'; 64 * 1024];
+    let (status, _) = get(&envoy, &huge, "192.0.2.9");
+    assert_eq!(
+        status, 431,
+        "Envoy refuses 64 KiB of headers (max_request_headers_kb 60)"
+    );
+    let (status, _) = get(&envoy, b"line\r\nx-injected: 1", "192.0.2.9");
+    assert!(status == 200 || status == 400, "CRLF in a value: status {status}");
     // An empty key means no key: the layer does not apply.
     assert_eq!(get(&envoy, b"", "192.0.2.9").0, 200);
     assert_eq!(get(&envoy, b"", "192.0.2.9").0, 200);

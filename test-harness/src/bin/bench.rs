@@ -9,8 +9,10 @@
 //! BENCH_CONNECTIONS (default 32).
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use rampart_test_harness::envoy::{Envoy, Filter, Options};
+use rampart_test_harness::http::Client;
 use rampart_test_harness::redis::RedisNode;
 use rampart_test_harness::sidecar::Sidecar;
 use serde_json::json;
@@ -150,7 +152,7 @@ fn main() {
         },
     ];
     let redis = RedisNode::start();
-    let sidecar = Sidecar::start(&["--redis", &redis.url()]);
+    let sidecar = Sidecar::start(&["--redis", &redis.url(), "--threads", &env_or("BENCH_SIDECAR_THREADS", 2).to_string()]);
     let envoys: Vec<Envoy> = scenarios
         .iter()
         .map(|s| {
@@ -202,6 +204,24 @@ fn main() {
     for (s, m) in scenarios.iter().zip(&med) {
         println!("{:<28} {:>12.0} {:>10.3} {:>10.3}", s.name, m.rps, m.p50_ms, m.p99_ms);
     }
+    // Latency at half of the sync layer's saturation, open loop (every request has a
+    // scheduled time; waiting counts), no filter and sync alternated.
+    let sync_idx = scenarios
+        .iter()
+        .position(|s| s.name == "rampart cluster sync")
+        .unwrap_or(0);
+    let rate = med[sync_idx].rps / 2.0;
+    let (mut none_p99, mut sync_p99) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        none_p99.push(paced(envoys[0].port, rate, seconds as f64).1);
+        sync_p99.push(paced(envoys[sync_idx].port, rate, seconds as f64).1);
+    }
+    let (none_p99, sync_p99) = (median(none_p99), median(sync_p99));
+    println!("\nopen-loop {rate:.0} req/s (half of sync saturation): p99 no filter {none_p99:.3} ms, rampart cluster sync {sync_p99:.3} ms");
+    println!(
+        "p99 sync at half saturation        +{:.3} ms over no filter",
+        sync_p99 - none_p99
+    );
     sidecar_alone(&redis, &sidecar, seconds, connections);
     let native = med[1].rps.max(1.0);
     println!();
@@ -214,16 +234,49 @@ fn main() {
     }
 }
 
+/// Open-loop load: `rate` requests per second for `secs`, from 8 threads with one
+/// connection each. Latency is measured from each request's scheduled time, so a slow
+/// answer delays (and charges) the requests behind it. Returns (p50, p99) in ms.
+fn paced(port: u16, rate: f64, secs: f64) -> (f64, f64) {
+    const THREADS: usize = 8;
+    let interval = Duration::from_secs_f64(THREADS as f64 / rate.max(1.0));
+    let count = ((rate * secs) as usize / THREADS).max(1);
+    let start = Instant::now() + Duration::from_millis(50);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                let mut lat = Vec::with_capacity(count);
+                let offset = interval.mul_f64(t as f64 / THREADS as f64);
+                for k in 0..count {
+                    let due = start + offset + interval * k as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    if c.get("/", &[("x-api-key", b"bench-key")]).is_ok() {
+                        lat.push(due.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<f64> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| all.get(((all.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0.0);
+    (pick(0.5), pick(0.99))
+}
+
 /// The sidecar alone: hits accounted per second through /v1/check (one hit per call) and
 /// /v1/report (100 hits per call), against redis-benchmark's INCR on the same Redis.
 fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections: u64) {
     let dir = rampart_test_harness::process::TempDir::new("bench");
-    let script = |name: &str, path: &str, hits: usize, modulo: usize| {
+    let script = |name: &str, path: &str, hits: usize, modulo: usize, cost: u64| {
         let p = dir.0.join(name);
         let body = format!(
             "{{\\\"hits\\\":[{}]}}",
             (0..hits)
-                .map(|h| format!("{{\\\"key\\\":\\\"k%d-{h}\\\",\\\"algorithm\\\":\\\"fixed_window\\\",\\\"limit\\\":1000000000,\\\"window_ms\\\":60000}}"))
+                .map(|h| format!("{{\\\"key\\\":\\\"k%d-{h}\\\",\\\"algorithm\\\":\\\"fixed_window\\\",\\\"limit\\\":1000000000,\\\"window_ms\\\":60000,\\\"cost\\\":{cost}}}"))
                 .collect::<Vec<_>>()
                 .join(",")
         );
@@ -236,8 +289,10 @@ fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections
     };
     // Checks spread over 10 hot keys (concurrent hits on one key coalesce); reports carry
     // 100 distinct keys per call, cost 1 each.
-    let check = script("check.lua", "/v1/check", 1, 10);
-    let report = script("report.lua", "/v1/report", 100, 1000);
+    let check = script("check.lua", "/v1/check", 1, 10, 1);
+    let report = script("report.lua", "/v1/report", 100, 1000, 1);
+    // A gateway at 20k req/s over 100 hot keys reports each key with cost ~20 per 100 ms.
+    let report20 = script("report20.lua", "/v1/report", 100, 1000, 20);
     let run = |lua: &std::path::Path| {
         let out = Command::new("wrk")
             .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "-s"])
@@ -253,6 +308,7 @@ fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections
     };
     let check_rps = run(&check);
     let report_rps = run(&report);
+    let report20_rps = run(&report20);
     let incr = |pipeline: &str| {
         let out = Command::new("redis-benchmark")
             .args([
@@ -281,11 +337,20 @@ fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections
     let (plain, pipelined) = (incr("1"), incr("16"));
     println!("\nsidecar alone (Redis store, wrk -c{connections}):");
     println!("  /v1/check, 1 hit per call, 10 keys {:>10.0} hits/s", check_rps);
-    println!("  /v1/report, 100 hits per call    {:>12.0} hits/s", report_rps * 100.0);
+    println!("  /v1/report, 100 keys x cost 1    {:>12.0} hits/s", report_rps * 100.0);
+    println!(
+        "  /v1/report, 100 keys x cost 20   {:>12.0} hits/s",
+        report20_rps * 2000.0
+    );
     println!("  redis-benchmark INCR             {:>12.0} ops/s", plain);
     println!("  redis-benchmark INCR -P 16       {:>12.0} ops/s", pipelined);
+    let ratio = |hits_per_s: f64| hits_per_s / pipelined.max(1.0);
     println!(
-        "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR",
-        report_rps * 100.0 / pipelined.max(1.0)
+        "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR (cost 1)",
+        ratio(report_rps * 100.0)
+    );
+    println!(
+        "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR (cost 20)",
+        ratio(report20_rps * 2000.0)
     );
 }
