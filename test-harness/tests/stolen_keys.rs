@@ -260,8 +260,11 @@ fn hostile_key_values_neither_crash_nor_collide_nor_reach_redis_in_clear() {
         status, 431,
         "Envoy refuses 64 KiB of headers (max_request_headers_kb 60)"
     );
+    // CRLF cannot travel inside an HTTP/1 header value: the line ends there, and what
+    // follows is another header. The key is then just "line".
     let (status, _) = get(&envoy, b"line\r\nx-injected: 1", "192.0.2.9");
     assert!(status == 200 || status == 400, "CRLF in a value: status {status}");
+    let crlf_counters = usize::from(status == 200);
     // An empty key means no key: the layer does not apply.
     assert_eq!(get(&envoy, b"", "192.0.2.9").0, 200);
     assert_eq!(get(&envoy, b"", "192.0.2.9").0, 200);
