@@ -152,7 +152,12 @@ fn main() {
         },
     ];
     let redis = RedisNode::start();
-    let sidecar = Sidecar::start(&["--redis", &redis.url(), "--threads", &env_or("BENCH_SIDECAR_THREADS", 2).to_string()]);
+    let sidecar = Sidecar::start(&[
+        "--redis",
+        &redis.url(),
+        "--threads",
+        &env_or("BENCH_SIDECAR_THREADS", 2).to_string(),
+    ]);
     let envoys: Vec<Envoy> = scenarios
         .iter()
         .map(|s| {
