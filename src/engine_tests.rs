@@ -495,3 +495,44 @@ mod cluster_layers {
         assert_eq!(got, [true, false, false]);
     }
 }
+
+#[test]
+fn random_requests_never_panic() {
+    let e = engine(
+        r#"{"client_ip":{"from":"xff","trusted_hops":1},"layers":[
+        {"name":"a","key":["header:x-k","ip"],"algorithm":"sliding_window","limit":3,"window":"1s"},
+        {"name":"b","match":{"path_prefix":"/x","methods":["GET"]},"key":"query:k","algorithm":"token_bucket","limit":2,"window":"1s","burst":2},
+        {"name":"c","key":"route","algorithm":"concurrency","limit":2},
+        {"name":"d","key":"header:x-plan","missing":"deny","algorithm":"fixed_window","limit":5,"window":"1m",
+         "tiers":{"from":"header:x-plan","default":"free","limits":{"free":{"limit":1},"paid":{"limit":9}}}}]}"#,
+    );
+    let mut seed = 0x1234_5678_9abc_def0_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let junk = |n: u64| -> Vec<u8> { (0..(n % 40)).map(|i| (n >> (i % 56)) as u8).collect() };
+    let mut host = FakeHost::new();
+    for i in 0..20_000u64 {
+        host.next_request();
+        for name in [":path", ":method", "x-k", "x-plan", "x-forwarded-for"] {
+            let r = next();
+            match r % 4 {
+                0 => {}
+                1 => host.set_header(name, &junk(next())),
+                2 => host.set_header(name, b"/x?k=%zz&k=1"),
+                _ => host.set_header(name, b"10.0.0.1, ::ffff:10.0.0.2, [::1]:80"),
+            }
+        }
+        if next() % 3 == 0 {
+            host.set_peer("not an address");
+        } else {
+            host.set_peer("192.0.2.1:1234");
+        }
+        let now = T0 + (next() % 10_000) * 1_000_000 + i;
+        let mut v = e.check(&mut host, now);
+        e.release(&mut host, &mut v.held);
+    }
+}
