@@ -161,7 +161,7 @@ fn sidecar_killed_fail_open_uses_fallback_then_exact_again() {
     let mut sidecar = Sidecar::start(&["--redis", &redis.url()]);
     let port = sidecar.port;
     let upstream = Upstream::start();
-    let envoy = &gateways(1, &keyed("sync", 5, "open", Some(2), "100ms"), &upstream, &sidecar)[0];
+    let envoy = &gateways(1, &keyed("sync", 5, "open", Some(2), "250ms"), &upstream, &sidecar)[0];
     assert_eq!(timed(envoy, "k1", 6).0, [200, 200, 200, 200, 200, 429]);
     sidecar.kill();
     let (statuses, slowest) = timed(envoy, "k2", 4);
@@ -187,7 +187,7 @@ fn sidecar_killed_fail_open_uses_fallback_then_exact_again() {
 fn sidecar_gone_fail_closed_answers_503_quickly() {
     let upstream = Upstream::start();
     let mut sidecar = Sidecar::start(&[]);
-    let envoy = &gateways(1, &keyed("sync", 5, "closed", None, "100ms"), &upstream, &sidecar)[0];
+    let envoy = &gateways(1, &keyed("sync", 5, "closed", None, "250ms"), &upstream, &sidecar)[0];
     assert_eq!(timed(envoy, "k", 1).0, [200]);
     sidecar.kill();
     let (statuses, slowest) = timed(envoy, "k", 3);
@@ -202,7 +202,7 @@ fn redis_frozen_paused_and_killed_degrade_then_recover() {
     let redis_port = redis.port;
     let sidecar = Sidecar::start(&["--redis", &redis.url(), "--redis-timeout", "50ms"]);
     let upstream = Upstream::start();
-    let envoy = &gateways(1, &keyed("sync", 4, "open", Some(1), "150ms"), &upstream, &sidecar)[0];
+    let envoy = &gateways(1, &keyed("sync", 4, "open", Some(1), "250ms"), &upstream, &sidecar)[0];
     assert_eq!(timed(envoy, "a", 5).0, [200, 200, 200, 200, 429]);
 
     // Frozen (SIGSTOP): nothing answers; the filter's timeout bounds every request.
