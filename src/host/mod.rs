@@ -79,17 +79,21 @@ impl Compiled {
 struct Root {
     compiled: Option<Rc<Compiled>>,
     last_flush_ns: u64,
-    /// The async report in flight: its token and the hits it carries.
-    report: Option<(u32, crate::cluster::InFlight)>,
+    /// The async report in flight: its token, when it was sent, and the hits it carries.
+    report: Option<(u32, u64, crate::cluster::InFlight)>,
 }
+
+/// A report unanswered this long is given up (its hits are queued again): a host that
+/// never calls back on a timed-out dispatch (Kong before 3.9) must not stop reporting.
+const REPORT_GIVE_UP_NS: u64 = 5_000_000_000;
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
-        let Some((expected, sent)) = self.report.take() else {
+        let Some((expected, sent_at, sent)) = self.report.take() else {
             return;
         };
         if expected != token {
-            self.report = Some((expected, sent));
+            self.report = Some((expected, sent_at, sent));
             return;
         }
         let Some(c) = self.compiled.clone() else { return };
@@ -192,8 +196,18 @@ impl RootContext for Root {
         }
         // The tick runs at the shortest sync_interval, so every tick reports (an
         // elapsed-time check would let jitter stretch the interval towards 2T).
-        if c.report_every_ns.is_none() || self.report.is_some() {
+        if c.report_every_ns.is_none() {
             return;
+        }
+        if let Some((_, sent_at, _)) = &self.report {
+            if now.saturating_sub(*sent_at) < REPORT_GIVE_UP_NS {
+                return;
+            }
+            if let (Some((_, _, sent)), Ok(mut w)) = (self.report.take(), c.worker.try_borrow_mut()) {
+                log::warn!("rampart: an async report got no answer; its hits are queued again");
+                w.views.apply_report(sent, None, now);
+                w.sidecar_failing = true;
+            }
         }
         let (Some(sidecar), Ok(mut w)) = (c.engine.policy.sidecar.as_ref(), c.worker.try_borrow_mut()) else {
             return;
@@ -203,7 +217,7 @@ impl RootContext for Root {
         };
         let body = serde_json::to_vec(&batch).unwrap_or_default();
         match sidecar::dispatch(sidecar, sidecar::REPORT_PATH, &body) {
-            Ok(token) => self.report = Some((token, sent)),
+            Ok(token) => self.report = Some((token, now, sent)),
             Err(why) => {
                 log::warn!("rampart: {why}");
                 w.views.apply_report(sent, None, now);
