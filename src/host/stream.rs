@@ -1,0 +1,164 @@
+//! One HTTP stream: runs the engine on request headers (pausing while the sidecar is
+//! asked), adds the rate-limit headers to the response, and gives back what it holds
+//! when it ends, however it ends.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::{abi, now_ns, sidecar, Compiled, Hostcalls};
+use crate::engine::{Held, Paused, Step, WorkerState};
+use crate::host_status::{self, OK};
+
+pub(super) struct Stream {
+    compiled: Rc<Compiled>,
+    response_headers: Vec<(&'static str, String)>,
+    held: Vec<Held>,
+    /// Waiting for the sidecar: the call's token and where to resume.
+    paused: Option<(u32, Box<Paused>)>,
+}
+
+impl Stream {
+    pub(super) fn new(compiled: Rc<Compiled>) -> Stream {
+        Stream {
+            compiled,
+            response_headers: Vec::new(),
+            held: Vec::new(),
+            paused: None,
+        }
+    }
+
+    fn release(&mut self) {
+        let mut host = Hostcalls {
+            compiled: &self.compiled,
+        };
+        if let Some((_, p)) = self.paused.take() {
+            self.compiled.engine.abandon(&mut host, *p);
+        }
+        if !self.held.is_empty() {
+            self.compiled.engine.release(&mut host, &mut self.held);
+        }
+    }
+
+    /// Runs the engine one step: `Pause` while the sidecar is asked, `Continue` when
+    /// admitted, `Pause` after sending a rejection. `resumed` is true when the request
+    /// was paused before and must be continued explicitly.
+    fn step(&mut self, answer: Option<(Box<Paused>, Option<crate::wire::Outcomes>)>, resumed: bool) -> Action {
+        let compiled = Rc::clone(&self.compiled);
+        let mut host = Hostcalls { compiled: &compiled };
+        let Ok(mut worker) = compiled.worker.try_borrow_mut() else {
+            // Unreachable on a single-threaded VM; if a host ever re-enters, admit rather
+            // than trap.
+            return self.admit(resumed);
+        };
+        let mut step = match answer {
+            None => compiled.engine.check(&mut host, &mut worker, now_ns()),
+            Some((p, a)) => {
+                note_sidecar(&mut worker, a.is_some());
+                compiled.engine.resume(&mut host, &mut worker, *p, a, now_ns())
+            }
+        };
+        loop {
+            match step {
+                Step::Done(verdict) => {
+                    drop(worker);
+                    self.held = verdict.held;
+                    let Some(rejection) = verdict.rejection else {
+                        self.response_headers = verdict.response_headers;
+                        return self.admit(resumed);
+                    };
+                    let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                    let status =
+                        abi::send_local_response(rejection.status, "rampart", rejection.body.as_bytes(), &headers);
+                    if status != OK {
+                        // The host could not answer for us; letting the request through
+                        // is the only way that does not hang the client.
+                        log::warn!(
+                            "rampart: local response failed ({}); request admitted",
+                            host_status::describe(status)
+                        );
+                        return self.admit(resumed);
+                    }
+                    return Action::Pause;
+                }
+                Step::Ask(p, body) => {
+                    let Some(sc) = compiled.engine.policy.sidecar.as_ref() else {
+                        step = compiled.engine.resume(&mut host, &mut worker, *p, None, now_ns());
+                        continue;
+                    };
+                    match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body) {
+                        Ok(token) => {
+                            self.paused = Some((token, p));
+                            return Action::Pause;
+                        }
+                        Err(why) => {
+                            if !worker.sidecar_failing {
+                                log::warn!("rampart: {why}");
+                            }
+                            note_sidecar(&mut worker, false);
+                            step = compiled.engine.resume(&mut host, &mut worker, *p, None, now_ns());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, resumed: bool) -> Action {
+        if resumed {
+            let _ = abi::continue_request();
+        }
+        Action::Continue
+    }
+}
+
+/// Records whether the sidecar answered, logging only when that changes.
+fn note_sidecar(worker: &mut WorkerState, ok: bool) {
+    if ok == worker.sidecar_failing {
+        if ok {
+            log::info!("rampart: sidecar answering again");
+        } else {
+            log::warn!("rampart: sidecar failed or timed out; failure_mode applies");
+        }
+    }
+    worker.sidecar_failing = !ok;
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        let Some((expected, p)) = self.paused.take() else {
+            return;
+        };
+        if expected != token {
+            self.paused = Some((expected, p));
+            return;
+        }
+        let answer = sidecar::answer(num_headers, body_size);
+        self.step(Some((p, answer)), true);
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.step(None, false)
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        for (name, value) in &self.response_headers {
+            let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, name, value);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.release();
+    }
+}
+
+impl Drop for Stream {
+    /// A stream that ends without `on_log` (hosts differ) still gives its slots back.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
