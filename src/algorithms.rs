@@ -33,14 +33,12 @@ pub struct Decision {
     pub reset_ns: u64,
     /// When rejected: how long until a retry can succeed, in nanoseconds.
     pub retry_after_ns: u64,
-    /// Tokens taken from the counter: this request's plus any leased for later ones.
+    /// Tokens taken from the counter (more than one when coalesced hits are charged together).
     pub granted: u64,
-    /// Absolute time until which leased tokens may be spent.
-    pub valid_until_ns: u64,
 }
 
 impl Decision {
-    fn allow(limit: u64, capacity: u64, granted: u64, reset_ns: u64, valid_until_ns: u64) -> Self {
+    fn allow(limit: u64, capacity: u64, granted: u64, reset_ns: u64) -> Self {
         Decision {
             allowed: true,
             limit,
@@ -48,7 +46,6 @@ impl Decision {
             reset_ns,
             retry_after_ns: 0,
             granted,
-            valid_until_ns,
         }
     }
 
@@ -60,20 +57,8 @@ impl Decision {
             reset_ns,
             retry_after_ns,
             granted: 0,
-            valid_until_ns: 0,
         }
     }
-}
-
-/// Largest lease a worker takes in one compare-and-swap.
-pub const MAX_LEASE: u64 = 64;
-/// A lease takes at most this fraction (1/N) of the capacity left, so leases shrink to
-/// single tokens as a counter nears its limit and idle leases strand little quota.
-pub const LEASE_DIVISOR: u64 = 16;
-
-/// Tokens to take when `capacity` are available and leasing is wanted.
-pub fn lease_size(capacity: u64) -> u64 {
-    (capacity / LEASE_DIVISOR).clamp(1, MAX_LEASE).min(capacity)
 }
 
 fn tag_of(alg: &Algorithm) -> u8 {
@@ -114,8 +99,6 @@ fn encode(alg: &Algorithm, f: [u64; 3]) -> State {
 pub enum Want {
     /// One request.
     One,
-    /// One request plus a lease of `lease_size(capacity) - 1` for later ones.
-    Lease,
     /// As many as fit, up to this many (the sidecar's coalesced hits).
     UpTo(u64),
     /// Exactly this many, recorded even past the limit (hits already admitted
@@ -127,25 +110,16 @@ impl Want {
     fn grant(self, capacity: u64) -> u64 {
         match self {
             Want::One => capacity.min(1),
-            Want::Lease => lease_size(capacity),
             Want::UpTo(n) => capacity.min(n),
             Want::Record(n) => n,
         }
     }
 }
 
-/// Charges one request against `raw` state; with `lease`, also takes extra tokens
-/// (`lease_size`) that the caller may spend on later requests without touching the
-/// state. Returns the decision and, when the state changed, the new state to store.
-pub fn admit(
-    alg: &Algorithm,
-    limit: u64,
-    burst: u64,
-    raw: Option<&[u8]>,
-    now: u64,
-    lease: bool,
-) -> (Decision, Option<State>) {
-    charge(alg, limit, burst, raw, now, if lease { Want::Lease } else { Want::One })
+/// Charges one request against `raw` state. Returns the decision and, when the state
+/// changed, the new state to store.
+pub fn admit(alg: &Algorithm, limit: u64, burst: u64, raw: Option<&[u8]>, now: u64) -> (Decision, Option<State>) {
+    charge(alg, limit, burst, raw, now, Want::One)
 }
 
 /// The general form of `admit`: takes `want` tokens. `decision.granted` says how many
@@ -164,10 +138,10 @@ pub fn charge(
         Algorithm::SlidingWindow { window_ms } => sliding(alg, window_ms * NS_PER_MS, limit, f, now, want),
         Algorithm::TokenBucket { window_ms, .. } => gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, want),
         Algorithm::Concurrency => {
-            // In-flight slots are returned one by one; they are never leased.
+            // In-flight slots are taken and returned one by one.
             let in_flight = f[0];
             if in_flight < limit {
-                let d = Decision::allow(limit, limit - in_flight, 1, 0, now);
+                let d = Decision::allow(limit, limit - in_flight, 1, 0);
                 (d, Some(encode(alg, [in_flight + 1, 0, 0])))
             } else {
                 (Decision::reject(limit, 0, CONCURRENCY_RETRY_NS), None)
@@ -195,7 +169,7 @@ fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want)
     let g = want.grant(capacity);
     let next = (g > 0).then(|| encode(alg, [win, count.saturating_add(g), 0]));
     if capacity > 0 {
-        (Decision::allow(limit, capacity, g, reset_ns, end), next)
+        (Decision::allow(limit, capacity, g, reset_ns), next)
     } else {
         (Decision::reject(limit, reset_ns, reset_ns), next)
     }
@@ -225,7 +199,7 @@ fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Wan
     let g = want.grant(capacity);
     let next = (g > 0).then(|| encode(alg, [win, cur.saturating_add(g), prev]));
     if capacity > 0 {
-        return (Decision::allow(limit, capacity, g, reset_ns, (win + 1) * w), next);
+        return (Decision::allow(limit, capacity, g, reset_ns), next);
     }
     let retry_after_ns = if cur >= limit {
         // Wait into the next window, where `cur` becomes the weighted previous count.
@@ -264,10 +238,7 @@ fn gcra(
     let new_tat = tat.saturating_add(t.saturating_mul(g));
     let next = (g > 0).then(|| encode(alg, [new_tat, 0, 0]));
     if capacity > 0 {
-        // Leased tokens expire as fast as the bucket refills them, so a worker holding
-        // a lease can never add a second burst on top of the bucket's own.
-        let valid_until = now.saturating_add(t.saturating_mul(g));
-        (Decision::allow(burst, capacity, g, new_tat - now, valid_until), next)
+        (Decision::allow(burst, capacity, g, new_tat - now), next)
     } else {
         let retry_after_ns = (tat.saturating_add(t) - tolerance).saturating_sub(now);
         (Decision::reject(burst, new_tat - now, retry_after_ns), next)
@@ -289,7 +260,7 @@ mod tests {
     fn run(alg: &Algorithm, limit: u64, burst: u64, state: &mut Option<State>, now: u64, n: u64) -> u64 {
         let mut ok = 0;
         for _ in 0..n {
-            let (d, next) = admit(alg, limit, burst, state.as_ref().map(|s| &s[..]), now, false);
+            let (d, next) = admit(alg, limit, burst, state.as_ref().map(|s| &s[..]), now);
             if d.allowed {
                 ok += 1;
             }
@@ -306,7 +277,7 @@ mod tests {
         let mut st = None;
         let t0 = 1_000 * 60 * S + 10 * S; // 10 s into a window
         assert_eq!(run(&alg, 5, 5, &mut st, t0, 8), 5);
-        let (d, _) = admit(&alg, 5, 5, st.as_ref().map(|s| &s[..]), t0, false);
+        let (d, _) = admit(&alg, 5, 5, st.as_ref().map(|s| &s[..]), t0);
         assert!(!d.allowed);
         assert_eq!(ceil_secs(d.retry_after_ns), 50);
         assert_eq!(run(&alg, 5, 5, &mut st, t0 + 50 * S, 8), 5, "new window starts fresh");
@@ -315,9 +286,9 @@ mod tests {
     #[test]
     fn fixed_window_remaining_counts_down() {
         let alg = Algorithm::FixedWindow { window_ms: 1_000 };
-        let (d, s) = admit(&alg, 3, 3, None, 5 * S, false);
+        let (d, s) = admit(&alg, 3, 3, None, 5 * S);
         assert_eq!((d.allowed, d.remaining), (true, 2));
-        let (d, _) = admit(&alg, 3, 3, s.as_ref().map(|s| &s[..]), 5 * S, false);
+        let (d, _) = admit(&alg, 3, 3, s.as_ref().map(|s| &s[..]), 5 * S);
         assert_eq!((d.allowed, d.remaining), (true, 1));
     }
 
@@ -339,7 +310,7 @@ mod tests {
         let mut st = None;
         let start = 1000 * 10 * S;
         run(&alg, 4, 4, &mut st, start, 4);
-        let (d, _) = admit(&alg, 4, 4, st.as_ref().map(|s| &s[..]), start + S, false);
+        let (d, _) = admit(&alg, 4, 4, st.as_ref().map(|s| &s[..]), start + S);
         assert!(!d.allowed);
         // Waiting exactly retry_after must admit one request.
         let later = start + S + d.retry_after_ns;
@@ -361,7 +332,7 @@ mod tests {
         assert_eq!(run(&alg, 10, 5, &mut st, t0, 20), 5, "burst admits 5 at once");
         // Rate 10/s: 100 ms buys exactly one more.
         assert_eq!(run(&alg, 10, 5, &mut st, t0 + S / 10, 3), 1);
-        let (d, _) = admit(&alg, 10, 5, st.as_ref().map(|s| &s[..]), t0 + S / 10, false);
+        let (d, _) = admit(&alg, 10, 5, st.as_ref().map(|s| &s[..]), t0 + S / 10);
         assert!(!d.allowed);
         assert_eq!(d.retry_after_ns, S / 10);
         // Idle for a second: the bucket is full again, not fuller.
@@ -386,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn leases_never_take_more_than_the_limit() {
+    fn coalesced_charges_never_take_more_than_the_limit() {
         for alg in [
             Algorithm::FixedWindow { window_ms: 60_000 },
             Algorithm::SlidingWindow { window_ms: 60_000 },
@@ -396,20 +367,17 @@ mod tests {
             },
         ] {
             let mut st: Option<State> = None;
-            let (mut taken, mut rounds) = (0, 0);
+            let mut taken = 0;
             loop {
-                let (d, next) = admit(&alg, 1_000, 1_000, st.as_ref().map(|s| &s[..]), 7 * S, true);
-                if !d.allowed {
+                let (d, next) = charge(&alg, 1_000, 1_000, st.as_ref().map(|s| &s[..]), 7 * S, Want::UpTo(7));
+                if d.granted == 0 {
                     break;
                 }
-                assert!(d.granted >= 1 && d.granted <= MAX_LEASE);
                 assert_eq!(d.remaining + d.granted + taken, 1_000, "{alg:?}");
                 taken += d.granted;
-                rounds += 1;
                 st = next;
             }
             assert_eq!(taken, 1_000, "{alg:?}: the whole quota, and not one more");
-            assert!(rounds < 200, "{alg:?}: leases amortize ({rounds} rounds)");
         }
     }
 
@@ -427,14 +395,6 @@ mod tests {
     }
 
     #[test]
-    fn lease_size_shrinks_near_the_limit() {
-        assert_eq!(lease_size(1_000_000), MAX_LEASE);
-        assert_eq!(lease_size(160), 10);
-        assert_eq!(lease_size(15), 1);
-        assert_eq!(lease_size(1), 1);
-    }
-
-    #[test]
     fn foreign_or_garbage_state_reads_as_empty() {
         let fixed = Algorithm::FixedWindow { window_ms: 1_000 };
         let gcra_state = encode(
@@ -444,11 +404,11 @@ mod tests {
             },
             [u64::MAX, 0, 0],
         );
-        let (d, _) = admit(&fixed, 1, 1, Some(&gcra_state), S, false);
+        let (d, _) = admit(&fixed, 1, 1, Some(&gcra_state), S);
         assert!(d.allowed);
-        let (d, _) = admit(&fixed, 1, 1, Some(b"garbage"), S, false);
+        let (d, _) = admit(&fixed, 1, 1, Some(b"garbage"), S);
         assert!(d.allowed);
-        let (d, _) = admit(&fixed, 1, 1, Some(&[]), S, false);
+        let (d, _) = admit(&fixed, 1, 1, Some(&[]), S);
         assert!(d.allowed);
     }
 

@@ -173,7 +173,6 @@ impl Views {
             reset_ns,
             retry_after_ns: if allowed { 0 } else { reset_ns.max(1) },
             granted: u64::from(allowed),
-            valid_until_ns: 0,
         }
     }
 

@@ -7,8 +7,8 @@
 use crate::algorithms::{self, Decision};
 use crate::client_ip::{self, ClientIp};
 use crate::cluster::{FleetKey, Views};
+use crate::denials::{Denial, Denials};
 use crate::headers::{self, Report};
-use crate::lease::Leases;
 use crate::policy::{Algorithm, FailureMode, IpSource, KeyPart, Layer, Policy, Scope, SyncMode};
 use crate::query;
 use crate::slots::{self, Seed};
@@ -161,7 +161,8 @@ pub struct Engine {
 
 /// What one worker keeps between requests.
 pub struct WorkerState {
-    pub leases: Leases,
+    /// Rejections this worker remembers until their Retry-After.
+    pub denials: Denials,
     pub views: Views,
     /// The last report to the sidecar failed: async layers use their fallback.
     pub sidecar_failing: bool,
@@ -224,7 +225,7 @@ impl Engine {
 
     pub fn worker_state(&self) -> WorkerState {
         WorkerState {
-            leases: self.leases(),
+            denials: self.denials(),
             views: Views::default(),
             sidecar_failing: false,
             flagged_logged: Default::default(),
@@ -246,10 +247,10 @@ impl Engine {
             .flat_map(move |(i, l)| (0..l.table_slots()).map(move |s| self.slot_key(i, s)))
     }
 
-    /// Empty worker-local leases for this policy (none for concurrency layers, whose
-    /// slots are returned one by one).
-    pub fn leases(&self) -> Leases {
-        Leases::new(self.policy.layers.iter().map(|l| {
+    /// An empty rejection memory for this policy (none for concurrency layers, whose
+    /// room comes back when other requests end, nor for cluster layers).
+    pub fn denials(&self) -> Denials {
+        Denials::new(self.policy.layers.iter().map(|l| {
             if l.algorithm == Algorithm::Concurrency || l.scope == Scope::Cluster {
                 0
             } else {
@@ -302,7 +303,6 @@ impl Engine {
                         reset_ns: o.reset_ms.saturating_mul(1_000_000),
                         retry_after_ns: o.retry_after_ms.saturating_mul(1_000_000),
                         granted: 1,
-                        valid_until_ns: 0,
                     })
                 }
                 None => {
@@ -352,8 +352,8 @@ impl Engine {
             };
             let decision = match mode {
                 None => {
-                    let lease = ws.leases.get(i, slot);
-                    match self.charge_local(host, i, slot, lease, &layer.algorithm, limit, burst, now_ns) {
+                    let memory = ws.denials.get(i, slot);
+                    match self.charge_local(host, i, slot, memory, &layer.algorithm, limit, burst, now_ns) {
                         Ok(d) => d,
                         Err(_) => {
                             host.count(i, Event::StoreError);
@@ -410,8 +410,8 @@ impl Engine {
                     return Step::Ask(Box::new(p), body);
                 }
             };
-            let lease_slot = (layer.scope == Scope::Local && layer.algorithm == Algorithm::Concurrency).then_some(slot);
-            if let Some(v) = self.settle(host, i, layer, lease_slot, decision, &mut p) {
+            let held_slot = (layer.scope == Scope::Local && layer.algorithm == Algorithm::Concurrency).then_some(slot);
+            if let Some(v) = self.settle(host, i, layer, held_slot, decision, &mut p) {
                 return Step::Done(v);
             }
         }
@@ -457,29 +457,26 @@ impl Engine {
         None
     }
 
-    /// One node-local counter update, through this worker's lease when it has one.
+    /// One node-local counter update, unless this worker remembers the counter refusing.
     #[allow(clippy::too_many_arguments)]
     fn charge_local<H: Host>(
         &self,
         host: &mut H,
         i: usize,
         slot: u32,
-        mut lease: Option<&mut crate::lease::Lease>,
+        memory: Option<&mut Denial>,
         alg: &Algorithm,
         limit: u64,
         burst: u64,
         now_ns: u64,
     ) -> Result<Decision, HostError> {
-        if let Some(d) = lease.as_mut().and_then(|l| l.take(now_ns, limit)) {
+        if let Some(d) = memory.as_ref().and_then(|m| m.recall(now_ns, limit)) {
             return Ok(d);
         }
         let key = self.slot_key(i, slot);
-        let leasing = lease.is_some();
-        let d = update(host, &key, |raw| {
-            algorithms::admit(alg, limit, burst, raw, now_ns, leasing)
-        })?;
-        if let Some(l) = lease {
-            l.store(&d, now_ns, limit);
+        let d = update(host, &key, |raw| algorithms::admit(alg, limit, burst, raw, now_ns))?;
+        if let Some(m) = memory {
+            m.note(&d, now_ns, limit);
         }
         Ok(d)
     }

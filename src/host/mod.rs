@@ -40,7 +40,7 @@ struct PendingMetrics {
 struct Compiled {
     engine: Engine,
     metrics: MetricIds,
-    /// This worker's leases and async views (one VM per worker thread: never shared
+    /// This worker's remembered rejections and async views (one VM per worker thread: never shared
     /// across threads).
     worker: RefCell<WorkerState>,
     pending: RefCell<PendingMetrics>,
@@ -119,4 +119,17 @@ impl Host for Hostcalls<'_> {
             self.compiled.flush_metrics();
         }
     }
+}
+
+/// Records whether the sidecar answered (a check or a report), logging only when that
+/// changes: async layers use their fallback while it fails.
+fn note_sidecar(worker: &mut WorkerState, ok: bool) {
+    if ok == worker.sidecar_failing {
+        if ok {
+            log::info!("rampart: sidecar answering again; cluster layers are exact again");
+        } else {
+            log::warn!("rampart: sidecar failed or timed out; failure_mode and fallback limits apply");
+        }
+    }
+    worker.sidecar_failing = !ok;
 }

@@ -9,7 +9,9 @@ use proxy_wasm::types::ContextType;
 
 use super::shared::SharedData;
 use super::stream::Stream;
-use super::{abi, now_ns, sidecar, Compiled, MetricIds, PendingMetrics, METRICS_FLUSH_AFTER, METRICS_FLUSH_MS};
+use super::{
+    abi, note_sidecar, now_ns, sidecar, Compiled, MetricIds, PendingMetrics, METRICS_FLUSH_AFTER, METRICS_FLUSH_MS,
+};
 use crate::config;
 use crate::engine::{Engine, EVENTS};
 use crate::host_status::{self, OK};
@@ -39,15 +41,7 @@ impl Context for Root {
         let Some(c) = self.compiled.clone() else { return };
         let answer = sidecar::answer(num_headers, body_size);
         let Ok(mut w) = c.worker.try_borrow_mut() else { return };
-        let ok = answer.is_some();
-        if ok == w.sidecar_failing {
-            if ok {
-                log::info!("rampart: sidecar reachable again; async layers are exact again");
-            } else {
-                log::warn!("rampart: sidecar report failed; async layers use their fallback limits");
-            }
-        }
-        w.sidecar_failing = !ok;
+        note_sidecar(&mut w, answer.is_some());
         w.views
             .apply_report(sent, answer.as_ref().map(|a| a.results.as_slice()), now_ns());
     }
@@ -146,7 +140,7 @@ impl RootContext for Root {
             if let (Some((_, _, sent)), Ok(mut w)) = (self.report.take(), c.worker.try_borrow_mut()) {
                 log::warn!("rampart: an async report got no answer; its hits are queued again");
                 w.views.apply_report(sent, None, now);
-                w.sidecar_failing = true;
+                note_sidecar(&mut w, false);
             }
         }
         let (Some(sidecar), Ok(mut w)) = (c.engine.policy.sidecar.as_ref(), c.worker.try_borrow_mut()) else {
@@ -161,7 +155,7 @@ impl RootContext for Root {
             Err(why) => {
                 log::warn!("rampart: {why}");
                 w.views.apply_report(sent, None, now);
-                w.sidecar_failing = true;
+                note_sidecar(&mut w, false);
             }
         }
     }

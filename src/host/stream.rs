@@ -7,8 +7,8 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::{abi, now_ns, sidecar, Compiled, Hostcalls};
-use crate::engine::{Held, Paused, Step, WorkerState};
+use super::{abi, note_sidecar, now_ns, sidecar, Compiled, Hostcalls};
+use crate::engine::{Held, Paused, Step};
 use crate::host_status::{self, OK};
 
 pub(super) struct Stream {
@@ -111,18 +111,6 @@ impl Stream {
         }
         Action::Continue
     }
-}
-
-/// Records whether the sidecar answered, logging only when that changes.
-fn note_sidecar(worker: &mut WorkerState, ok: bool) {
-    if ok == worker.sidecar_failing {
-        if ok {
-            log::info!("rampart: sidecar answering again");
-        } else {
-            log::warn!("rampart: sidecar failed or timed out; failure_mode applies");
-        }
-    }
-    worker.sidecar_failing = !ok;
 }
 
 impl Context for Stream {

@@ -286,16 +286,21 @@ fn exact_across_two_workers_under_concurrent_load() {
         {"name": "global", "key": "global", "algorithm": "fixed_window", "limit": LIMIT, "window": "1d"}]});
     let s = stack(&plugin, 2);
     let ok = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(std::sync::Mutex::new(Vec::new()));
     let port = s.envoy.port;
     // Separate connections land on both workers; all race for one counter.
     let threads: Vec<_> = (0..8)
         .map(|_| {
-            let ok = Arc::clone(&ok);
+            let (ok, other) = (Arc::clone(&ok), Arc::clone(&other));
             std::thread::spawn(move || {
                 let mut c = Client::new(port);
                 for _ in 0..100 {
-                    if c.get("/", &[]).unwrap().status == 200 {
-                        ok.fetch_add(1, Ordering::SeqCst);
+                    match c.get("/", &[]).unwrap().status {
+                        200 => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        429 => {}
+                        s => other.lock().unwrap().push(s),
                     }
                 }
             })
@@ -304,6 +309,11 @@ fn exact_across_two_workers_under_concurrent_load() {
     for t in threads {
         t.join().unwrap();
     }
+    assert_eq!(
+        *other.lock().unwrap(),
+        Vec::<u16>::new(),
+        "statuses other than 200 and 429"
+    );
     assert_eq!(ok.load(Ordering::SeqCst), LIMIT);
     assert_eq!(s.upstream.served(), LIMIT);
     s.envoy.metrics_reach(&[
