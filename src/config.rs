@@ -271,7 +271,6 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         }
         layers.push(l);
     }
-    let needs = needs(&layers);
     Ok(Policy {
         ip_source,
         ipv6_prefix,
@@ -279,7 +278,6 @@ pub fn compile_value(root: &Value) -> Result<Policy> {
         failure_mode,
         headers,
         layers,
-        needs,
     })
 }
 
@@ -712,14 +710,4 @@ fn tiers(path: &str, v: &Value, algorithm: &Algorithm) -> Result<Tiers> {
         default,
         tiers: list,
     })
-}
-
-fn needs(layers: &[Layer]) -> Needs {
-    let mut n = Needs::default();
-    for l in layers {
-        n.path |= l.matcher.path_prefix.is_some() || l.key.iter().any(|k| matches!(k, KeyPart::Query(_)));
-        n.method |= !l.matcher.methods.is_empty();
-        n.ip |= l.key.contains(&KeyPart::Ip);
-    }
-    n
 }

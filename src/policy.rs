@@ -195,15 +195,6 @@ pub struct Sidecar {
     pub token: Option<String>,
 }
 
-/// What the request path must read from the host, decided once at configure time
-/// so that a request costs only the hostcalls its layers need.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub path: bool,
-    pub method: bool,
-    pub ip: bool,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub ip_source: IpSource,
@@ -213,5 +204,4 @@ pub struct Policy {
     pub failure_mode: FailureMode,
     pub headers: HeaderMode,
     pub layers: Vec<Layer>,
-    pub needs: Needs,
 }
