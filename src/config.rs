@@ -515,7 +515,7 @@ fn cluster_fields(o: &Obj, scope: Scope) -> Result<Option<Cluster>> {
             if cooldown.is_some() && !block {
                 return err(d.at("cooldown"), "only applies with \"action\": \"block\"");
             }
-            Some(DistinctPolicy {
+            Some(crate::wire::Distinct {
                 limit,
                 window_ms,
                 block,

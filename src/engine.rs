@@ -513,14 +513,8 @@ impl Engine {
 
     /// The client tag and distinct-client rule for a layer with `max_ips_per_key`.
     fn client<H: Host>(&self, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<(String, Distinct)> {
-        let d = layer.cluster.as_ref()?.distinct?;
+        let rule = layer.cluster.as_ref()?.distinct?;
         let ip = facts.ip(host, self.policy.ip_source, self.policy.ipv6_prefix)?;
-        let rule = Distinct {
-            limit: d.limit,
-            window_ms: d.window_ms,
-            block: d.block,
-            cooldown_ms: d.cooldown_ms,
-        };
         Some((self.fleet.client_tag(ip.as_bytes()), rule))
     }
 

@@ -109,22 +109,13 @@ pub struct Tiers {
     pub tiers: Vec<Tier>,
 }
 
-/// `max_ips_per_key`: how many distinct clients one key may come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DistinctPolicy {
-    pub limit: u64,
-    pub window_ms: u64,
-    /// Block the key for `cooldown_ms` (true), or only flag it (false).
-    pub block: bool,
-    pub cooldown_ms: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     pub sync: SyncMode,
     pub sync_interval_ms: u64,
     pub fallback_limit: Option<u64>,
-    pub distinct: Option<DistinctPolicy>,
+    /// `max_ips_per_key`, in the form the sidecar enforces it.
+    pub distinct: Option<crate::wire::Distinct>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
