@@ -443,13 +443,7 @@ impl Engine {
         } else if layer.shadow {
             host.count(i, Event::ShadowRejected);
         } else {
-            host.count(i, Event::Rejected);
-            // Nothing will be forwarded: give back what earlier layers hold now.
-            self.release(host, &mut p.held);
-            return Some(Verdict {
-                rejection: Some(self.rejection(i, layer, &d)),
-                ..Verdict::default()
-            });
+            return Some(self.refuse(host, i, Event::Rejected, &mut p.held, self.rejection(i, layer, &d)));
         }
         if p.tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
             p.tightest = Some((i, d));
@@ -540,38 +534,31 @@ impl Engine {
         left_ns: u64,
         held: &mut Vec<Held>,
     ) -> Verdict {
-        host.count(i, Event::Denied);
-        self.release(host, held);
         let (error, retry) = match kind {
             Denied::Revoked => ("key_revoked", 0),
             Denied::Blocked => ("key_blocked", algorithms::ceil_secs(left_ns).max(1)),
         };
-        let mut headers = vec![("content-type", "application/json".to_string())];
-        if retry > 0 {
-            headers.push(("retry-after", retry.to_string()));
-        }
-        Verdict {
-            rejection: Some(Rejection {
-                status: 403,
-                headers,
-                body: headers::rejection_body(error, &layer.name, retry),
-            }),
-            ..Verdict::default()
-        }
+        self.refuse(
+            host,
+            i,
+            Event::Denied,
+            held,
+            error_reply(403, error, &layer.name, retry),
+        )
     }
 
     fn unavailable<H: Host>(&self, host: &mut H, i: usize, layer: &Layer, held: &mut Vec<Held>) -> Verdict {
-        host.count(i, Event::Rejected);
+        let reply = error_reply(503, "rate_limiter_unavailable", &layer.name, 1);
+        self.refuse(host, i, Event::Rejected, held, reply)
+    }
+
+    /// Ends a request with a local reply: counts `event` for layer `i` and, since nothing
+    /// will be forwarded, gives back what earlier layers hold.
+    fn refuse<H: Host>(&self, host: &mut H, i: usize, event: Event, held: &mut Vec<Held>, r: Rejection) -> Verdict {
+        host.count(i, event);
         self.release(host, held);
         Verdict {
-            rejection: Some(Rejection {
-                status: 503,
-                headers: vec![
-                    ("retry-after", "1".to_string()),
-                    ("content-type", "application/json".to_string()),
-                ],
-                body: headers::rejection_body("rate_limiter_unavailable", &layer.name, 1),
-            }),
+            rejection: Some(r),
             ..Verdict::default()
         }
     }
@@ -646,27 +633,28 @@ impl Engine {
 
     fn rejection(&self, i: usize, layer: &Layer, d: &Decision) -> Rejection {
         let retry_after = algorithms::ceil_secs(d.retry_after_ns).max(1);
-        let mut hs = headers::render(self.policy.headers, &self.report(i, d));
-        hs.push(("retry-after", retry_after.to_string()));
-        hs.push(("content-type", "application/json".to_string()));
-        Rejection {
-            status: layer.status,
-            headers: hs,
-            body: headers::rejection_body("rate_limited", &layer.name, retry_after),
-        }
+        let mut r = error_reply(layer.status, "rate_limited", &layer.name, retry_after);
+        r.headers
+            .extend(headers::render(self.policy.headers, &self.report(i, d)));
+        r
     }
 
     fn reject_missing<H: Host>(&self, i: usize, layer: &Layer, host: &mut H, held: &mut Vec<Held>) -> Verdict {
-        host.count(i, Event::Rejected);
-        self.release(host, held);
-        Verdict {
-            rejection: Some(Rejection {
-                status: layer.status,
-                headers: vec![("content-type", "application/json".to_string())],
-                body: headers::rejection_body("missing_key", &layer.name, 0),
-            }),
-            ..Verdict::default()
-        }
+        let reply = error_reply(layer.status, "missing_key", &layer.name, 0);
+        self.refuse(host, i, Event::Rejected, held, reply)
+    }
+}
+
+/// A JSON error reply; `Retry-After` when `retry_after_s` is not 0.
+fn error_reply(status: u16, error: &str, layer: &str, retry_after_s: u64) -> Rejection {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if retry_after_s > 0 {
+        headers.push(("retry-after", retry_after_s.to_string()));
+    }
+    Rejection {
+        status,
+        headers,
+        body: headers::rejection_body(error, layer, retry_after_s),
     }
 }
 
