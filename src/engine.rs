@@ -343,7 +343,11 @@ impl Engine {
                 }
                 continue;
             };
-            let slot = slots::index(self.seed.hash(i as u64, &parts), layer.slots);
+            // Only layers with a node-local table (local, or a cluster fallback) use a slot.
+            let slot = match layer.table_slots() {
+                0 => 0,
+                n => slots::index(self.seed.hash(i as u64, &parts), n),
+            };
             let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
             let mode = match layer.sync_mode() {
