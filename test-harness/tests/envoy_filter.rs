@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{example, stack};
 use rampart_test_harness::envoy::{Envoy, Options};
@@ -146,24 +146,26 @@ fn algorithms_fixed_sliding_and_token_bucket() {
     let plugin = json!({"layers": [
         {"name": "fixed", "match": {"path_prefix": "/fixed"}, "key": "route", "algorithm": "fixed_window", "limit": 4, "window": "1h"},
         {"name": "sliding", "match": {"path_prefix": "/sliding"}, "key": "route", "algorithm": "sliding_window", "limit": 4, "window": "1h"},
-        {"name": "bucket", "match": {"path_prefix": "/bucket"}, "key": "route", "algorithm": "token_bucket", "limit": 5, "window": "1s", "burst": 3}
+        {"name": "bucket", "match": {"path_prefix": "/bucket"}, "key": "route", "algorithm": "token_bucket", "limit": 1, "window": "1m", "burst": 3},
+        {"name": "refill", "match": {"path_prefix": "/refill"}, "key": "route", "algorithm": "token_bucket", "limit": 10, "window": "1s", "burst": 1}
     ]});
     let s = stack(&plugin, 1);
     let mut c = s.envoy.client();
     assert_eq!(statuses(&mut c, "/fixed", &[], 6), [200, 200, 200, 200, 429, 429]);
     assert_eq!(statuses(&mut c, "/sliding", &[], 6), [200, 200, 200, 200, 429, 429]);
-    // Burst of 3, then refills at 5/s: one token every 200 ms.
-    let start = Instant::now();
-    let burst = statuses(&mut c, "/bucket", &[], 3);
+    // Burst of 3, then one token a minute: no timing can blur the outcome.
+    assert_eq!(statuses(&mut c, "/bucket", &[], 4), [200, 200, 200, 429]);
     let over = c.get("/bucket", &[]).unwrap();
-    if start.elapsed() < Duration::from_millis(150) {
-        assert_eq!(burst, [200, 200, 200]);
-        assert_eq!(over.status, 429);
-        assert_eq!(over.header_u64("retry-after"), Some(1));
-    }
-    // After the advertised wait a token is there again.
-    std::thread::sleep(Duration::from_millis(250));
-    assert_eq!(c.get("/bucket", &[]).unwrap().status, 200);
+    assert_eq!(over.status, 429);
+    assert!(
+        over.header_u64("retry-after").is_some_and(|s| (50..=60).contains(&s)),
+        "{:?}",
+        over.headers
+    );
+    // Refills at 10/s into a bucket of 1: after 150 ms a token is there again.
+    assert_eq!(c.get("/refill", &[]).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(c.get("/refill", &[]).unwrap().status, 200);
 }
 
 #[test]
@@ -351,14 +353,18 @@ fn hostile_header_values_neither_crash_nor_collide() {
     let mut c = s.envoy.client();
     let big = vec![b'k'; 48 * 1024];
     let hostile: Vec<&[u8]> = vec![&big, b"{tag}", b"\xff\xfe\xfd", b"a,b", b"  spaced  ", b"%00"];
+    let mut checked = 0;
     for v in &hostile {
         let first = c.get("/", &[("x-api-key", v)]).unwrap().status;
         let second = c.get("/", &[("x-api-key", v)]).unwrap().status;
         // Envoy may refuse some bytes itself (400); what reaches Rampart is counted.
         if first != 400 {
             assert_eq!((first, second), (200, 429), "value starting {:?}", &v[..v.len().min(8)]);
+            checked += 1;
         }
     }
+    // Envoy may refuse odd bytes, but the ASCII ones must have reached Rampart.
+    assert!(checked >= 4, "only {checked} values reached the filter");
     // Still serving, nothing trapped.
     assert_eq!(c.get("/", &[("x-api-key", b"fresh")]).unwrap().status, 200);
     assert!(!s.envoy.log().contains("panicked"));
