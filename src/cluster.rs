@@ -20,7 +20,7 @@ use std::hash::SipHasher;
 use std::hash::{Hash, Hasher};
 
 use crate::algorithms::Decision;
-use crate::wire::{Batch, Denied, Distinct, Hit, Outcome, Rule, MAX_CLIENTS};
+use crate::wire::{add_client, Batch, Denied, Distinct, Hit, Outcome, Rule};
 
 /// Most counters one worker tracks for async layers; past it, idle ones are dropped.
 pub const MAX_VIEWS: usize = 65_536;
@@ -95,6 +95,17 @@ pub struct Pending {
     pub distinct: Option<Distinct>,
 }
 
+impl Pending {
+    fn new(rule: Rule) -> Pending {
+        Pending {
+            rule,
+            count: 0,
+            clients: Vec::new(),
+            distinct: None,
+        }
+    }
+}
+
 /// Hits sent in a report whose answer has not arrived.
 pub type InFlight = Vec<(String, Pending)>;
 
@@ -115,15 +126,7 @@ impl Views {
         let probe = !self.pending.contains_key(name);
         if probe {
             let rule = self.views.get(name)?.rule;
-            self.pending.insert(
-                name.to_string(),
-                Pending {
-                    rule,
-                    count: 0,
-                    clients: Vec::new(),
-                    distinct: None,
-                },
-            );
+            self.pending.insert(name.to_string(), Pending::new(rule));
         }
         Some((kind, until - now))
     }
@@ -151,19 +154,15 @@ impl Views {
         let reset_ns = view.reset_at_ns - now;
         if allowed {
             view.admitted += 1;
-            let entry = self.pending.entry(name.to_string()).or_insert(Pending {
-                rule,
-                count: 0,
-                clients: Vec::new(),
-                distinct: None,
-            });
+            let entry = self
+                .pending
+                .entry(name.to_string())
+                .or_insert_with(|| Pending::new(rule));
             entry.rule = rule;
             entry.count += 1;
             if let Some((c, d)) = client {
                 entry.distinct = Some(d);
-                if entry.clients.len() < MAX_CLIENTS && !entry.clients.contains(&c) {
-                    entry.clients.push(c);
-                }
+                add_client(&mut entry.clients, &c);
             }
         }
         Decision {
@@ -220,17 +219,11 @@ impl Views {
             }
             _ => {
                 for (name, p) in sent {
-                    let entry = self.pending.entry(name).or_insert(Pending {
-                        rule: p.rule,
-                        count: 0,
-                        clients: Vec::new(),
-                        distinct: p.distinct,
-                    });
+                    let entry = self.pending.entry(name).or_insert_with(|| Pending::new(p.rule));
                     entry.count += p.count;
-                    for c in p.clients {
-                        if entry.clients.len() < MAX_CLIENTS && !entry.clients.contains(&c) {
-                            entry.clients.push(c);
-                        }
+                    entry.distinct = entry.distinct.or(p.distinct);
+                    for c in &p.clients {
+                        add_client(&mut entry.clients, c);
                     }
                 }
             }

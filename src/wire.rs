@@ -122,6 +122,14 @@ pub struct Hit {
 /// Most client hashes one hit carries.
 pub const MAX_CLIENTS: usize = 256;
 
+/// Adds a client hash to a hit's list: once, and no more than `MAX_CLIENTS` in all.
+/// Used wherever hits are merged (async reports, coalesced sidecar calls).
+pub fn add_client(clients: &mut Vec<String>, client: &str) {
+    if clients.len() < MAX_CLIENTS && !clients.iter().any(|c| c == client) {
+        clients.push(client.to_string());
+    }
+}
+
 /// A layer's `max_ips_per_key`, as the sidecar needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Distinct {

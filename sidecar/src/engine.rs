@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use rampart::wire::{Denied, Distinct, Hit, Outcome, Rule, MAX_CLIENTS};
+use rampart::wire::{add_client, Denied, Distinct, Hit, Outcome, Rule};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::METRICS;
@@ -252,9 +252,7 @@ async fn execute(store: &Arc<Store>, batch: Vec<Job>) {
         // Merged hits carry their clients together (deduplicated, capped).
         let mut clients: Vec<String> = Vec::new();
         for c in jobs.iter().flat_map(|j| j.clients.iter()) {
-            if clients.len() < MAX_CLIENTS && !clients.contains(c) {
-                clients.push(c.clone());
-            }
+            add_client(&mut clients, c);
         }
         let distinct = jobs.iter().find_map(|j| j.distinct);
         let result = store
