@@ -19,6 +19,9 @@ pub enum Filter {
     Rampart(String),
     /// A proxy-wasm filter that does nothing: the ceiling for any wasm filter.
     Noop,
+    /// The trivial reference filter: one shared-data read + CAS and one response header;
+    /// with `call`, also one HTTP call to the `rampart_sidecar` cluster per request.
+    Trivial { call: bool },
     /// Envoy's native `local_ratelimit` with this many tokens per second.
     NativeLocalRatelimit { tokens_per_second: u64 },
     /// No filter at all.
@@ -153,12 +156,17 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
             c["vm_config"]["code"]["local"]["filename"] = json!(rampart_wasm());
             c["configuration"]["value"] = json!(plugin);
         }
-        Filter::Noop => {
+        Filter::Noop | Filter::Trivial { .. } => {
             let c = &mut filters[idx]["typed_config"]["config"];
             c["vm_config"]["code"]["local"]["filename"] = json!(crate::noop_wasm());
             c["vm_config"]["vm_id"] = json!("noop");
             c["root_id"] = json!("noop");
-            c["configuration"]["value"] = json!("{}");
+            let mode = match opts.filter {
+                Filter::Trivial { call: false } => "trivial",
+                Filter::Trivial { call: true } => "trivial+call",
+                _ => "{}",
+            };
+            c["configuration"]["value"] = json!(mode);
         }
         Filter::NativeLocalRatelimit { tokens_per_second } => {
             filters[idx] = json!({

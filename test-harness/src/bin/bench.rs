@@ -6,7 +6,10 @@
 //! filters' own cost. Load comes from `wrk` on loopback with a bounded duration.
 //!
 //! Environment: BENCH_ROUNDS (default 5), BENCH_SECONDS per run (default 5),
-//! BENCH_CONNECTIONS (default 32).
+//! BENCH_CONNECTIONS (default 32). BENCH_QUICK=1 runs only the local configurations
+//! (no sidecar, no open-loop or sidecar-alone parts): the loop for working on the
+//! filter's own cost. BENCH_CONFIG=<file.json> replaces the local Rampart
+//! configuration with your own plugin JSON (its limits should admit every request).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,6 +41,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// Rampart's local layers: an IP layer and an API-key layer, limits high enough that
 /// every benchmark request is admitted (the admitted path is the common one).
 fn rampart_local() -> String {
+    if let Ok(path) = std::env::var("BENCH_CONFIG") {
+        return std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("BENCH_CONFIG {path}: {e}"));
+    }
     json!({"layers": [
         {"name": "edge", "key": "ip", "algorithm": "sliding_window", "limit": 1_000_000_000u64, "window": "1m"},
         {"name": "keys", "key": "header:x-api-key", "algorithm": "sliding_window", "limit": 1_000_000_000u64, "window": "1m"}
@@ -117,7 +123,8 @@ fn main() {
     let rounds = env_or("BENCH_ROUNDS", 5);
     let seconds = env_or("BENCH_SECONDS", 5);
     let connections = env_or("BENCH_CONNECTIONS", 32);
-    let scenarios = [
+    let quick = env_or("BENCH_QUICK", 0) == 1;
+    let mut scenarios = vec![
         Scenario {
             name: "no filter",
             filter: Filter::None,
@@ -136,9 +143,19 @@ fn main() {
             sidecar: false,
         },
         Scenario {
+            name: "trivial cas + header",
+            filter: Filter::Trivial { call: false },
+            sidecar: false,
+        },
+        Scenario {
             name: "rampart local (ip + key)",
             filter: Filter::Rampart(rampart_local()),
             sidecar: false,
+        },
+        Scenario {
+            name: "trivial + sidecar call",
+            filter: Filter::Trivial { call: true },
+            sidecar: true,
         },
         Scenario {
             name: "rampart cluster sync",
@@ -151,6 +168,17 @@ fn main() {
             sidecar: true,
         },
     ];
+    if quick {
+        scenarios.retain(|s| !s.sidecar);
+    }
+    // BENCH_ONLY=sync,async: the two baselines plus the configurations named.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let mut index = 0;
+        scenarios.retain(|s| {
+            index += 1;
+            index <= 2 || only.split(',').any(|w| !w.is_empty() && s.name.contains(w))
+        });
+    }
     let redis = RedisNode::start();
     let sidecar = Sidecar::start(&[
         "--redis",
@@ -209,33 +237,53 @@ fn main() {
     for (s, m) in scenarios.iter().zip(&med) {
         println!("{:<28} {:>12.0} {:>10.3} {:>10.3}", s.name, m.rps, m.p50_ms, m.p99_ms);
     }
-    // Latency at half of the sync layer's saturation, open loop (every request has a
-    // scheduled time; waiting counts), no filter and sync alternated.
-    let sync_idx = scenarios
-        .iter()
-        .position(|s| s.name == "rampart cluster sync")
-        .unwrap_or(0);
-    let rate = med[sync_idx].rps / 2.0;
-    let (mut none_p99, mut sync_p99) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        none_p99.push(paced(envoys[0].port, rate, seconds as f64).1);
-        sync_p99.push(paced(envoys[sync_idx].port, rate, seconds as f64).1);
+    if let Some(sync) = scenarios.iter().position(|s| s.name == "rampart cluster sync") {
+        sync_latency(&envoys, &scenarios, &med, sync, seconds);
     }
-    let (none_p99, sync_p99) = (median(none_p99), median(sync_p99));
-    println!("\nopen-loop {rate:.0} req/s (half of sync saturation): p99 no filter {none_p99:.3} ms, rampart cluster sync {sync_p99:.3} ms");
-    println!(
-        "p99 sync at half saturation        +{:.3} ms over no filter",
-        sync_p99 - none_p99
-    );
-    sidecar_alone(&redis, &sidecar, seconds, connections);
+    if !quick && std::env::var("BENCH_ONLY").is_err() {
+        sidecar_alone(&redis, &sidecar, seconds, connections);
+    }
     let native = med[1].rps.max(1.0);
     println!();
     for (s, m) in scenarios.iter().zip(&med) {
         println!("ratio {:<28} {:.3}x native local_ratelimit", s.name, m.rps / native);
     }
+    // The same Rampart numbers against the least a filter of its kind can do here.
+    let rps = |name: &str| scenarios.iter().position(|s| s.name == name).map(|i| med[i].rps.max(1.0));
+    for (ours, reference) in [
+        ("rampart local (ip + key)", "trivial cas + header"),
+        ("rampart cluster async", "trivial cas + header"),
+        ("rampart cluster sync", "trivial + sidecar call"),
+    ] {
+        if let (Some(a), Some(b)) = (rps(ours), rps(reference)) {
+            println!("ratio {ours:<28} {:.3}x {reference}", a / b);
+        }
+    }
     let none = &med[0];
     for (s, m) in scenarios.iter().zip(&med).filter(|(s, _)| s.sidecar) {
         println!("p99 {:<30} +{:.3} ms over no filter", s.name, m.p99_ms - none.p99_ms);
+    }
+}
+
+/// Latency at half of the sync layer's saturation, open loop (every request has a
+/// scheduled time; waiting counts): no filter, the trivial filter's bare sidecar call
+/// (what the host's callout costs alone) when it ran, and sync, alternated.
+fn sync_latency(envoys: &[Envoy], scenarios: &[Scenario], med: &[Sample], sync: usize, seconds: u64) {
+    let rate = med[sync].rps / 2.0;
+    let mut paced_ones: Vec<usize> = vec![0];
+    paced_ones.extend(scenarios.iter().position(|s| s.name == "trivial + sidecar call"));
+    paced_ones.push(sync);
+    let mut p99: Vec<Vec<f64>> = vec![Vec::new(); paced_ones.len()];
+    for _ in 0..3 {
+        for (k, &i) in paced_ones.iter().enumerate() {
+            p99[k].push(paced(envoys[i].port, rate, seconds as f64).1);
+        }
+    }
+    println!("\nopen-loop {rate:.0} req/s (half of sync saturation), median p99:");
+    let none = median(p99[0].clone());
+    for (k, &i) in paced_ones.iter().enumerate() {
+        let m = median(p99[k].clone());
+        println!("  {:<28} {m:>8.3} ms  (+{:.3} ms over no filter)", scenarios[i].name, m - none);
     }
 }
 
@@ -269,6 +317,13 @@ fn paced(port: u16, rate: f64, secs: f64) -> (f64, f64) {
     let mut all: Vec<f64> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
     all.sort_by(|a, b| a.total_cmp(b));
     let pick = |q: f64| all.get(((all.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0.0);
+    eprintln!(
+        "  paced {rate:.0} req/s on port {port}: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms",
+        pick(0.5),
+        pick(0.9),
+        pick(0.99),
+        pick(0.999)
+    );
     (pick(0.5), pick(0.99))
 }
 
