@@ -213,6 +213,71 @@ pub struct Outcomes {
     pub results: Vec<Outcome>,
 }
 
+/// Most requests one batched `/v1/check` carries.
+pub const MAX_REQUESTS: usize = 512;
+
+/// A `/v1/check` body: one request's ordered hits (`{"hits": [...]}`), or several
+/// requests checked in one call (`{"requests": [{"hits": [...]}, ...]}`), which a
+/// gateway worker sends when requests arrive faster than one call per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    One(Batch),
+    Many(Vec<Batch>),
+}
+
+/// The answer to a batched check: one `Outcomes` per request, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckAnswers {
+    pub requests: Vec<Outcomes>,
+}
+
+impl Check {
+    /// Parses and validates a `/v1/check` body; the error names what is wrong.
+    pub fn parse(body: &[u8]) -> Result<Check, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            hits: Option<Vec<Hit>>,
+            requests: Option<Vec<Batch>>,
+        }
+        let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("body is not a check: {e}"))?;
+        let check = match (raw.hits, raw.requests) {
+            (Some(hits), None) => Check::One(Batch { hits }),
+            (None, Some(requests)) => Check::Many(requests),
+            _ => return Err("a check has either \"hits\" or \"requests\", not both or neither".into()),
+        };
+        match &check {
+            Check::One(b) => b.validate(false)?,
+            Check::Many(requests) => {
+                if requests.is_empty() || requests.len() > MAX_REQUESTS {
+                    return Err(format!("{} requests; 1 to {MAX_REQUESTS} per call", requests.len()));
+                }
+                let hits: usize = requests.iter().map(|r| r.hits.len()).sum();
+                if hits > MAX_HITS {
+                    return Err(format!("{hits} hits in all; the limit is {MAX_HITS}"));
+                }
+                for (i, r) in requests.iter().enumerate() {
+                    r.validate(false).map_err(|e| format!("requests[{i}]: {e}"))?;
+                }
+            }
+        }
+        Ok(check)
+    }
+}
+
+/// Joins requests' already serialized `{"hits": [...]}` bodies into one batched check.
+pub fn join_checks<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = b"{\"requests\":[".to_vec();
+    for (i, b) in bodies.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 impl Batch {
     /// `zero_cost`: whether hits may carry cost 0 (reports asking for a standing only).
     pub fn validate(&self, zero_cost: bool) -> Result<(), String> {
@@ -256,6 +321,28 @@ mod tests {
             r#"{"hits":[{"key":"ab12","algorithm":"sliding_window","limit":10,"window_ms":60000,"cost":1}]}"#
         );
         assert_eq!(serde_json::from_str::<Batch>(&text).unwrap(), b);
+    }
+
+    #[test]
+    fn checks_come_one_or_many() {
+        let one = br#"{"hits":[{"key":"a","algorithm":"fixed_window","limit":1,"window_ms":1000}]}"#;
+        let Ok(Check::One(b)) = Check::parse(one) else {
+            panic!("one request refused")
+        };
+        let joined = join_checks([one.as_slice(), one.as_slice()].into_iter());
+        assert_eq!(Check::parse(&joined), Ok(Check::Many(vec![b.clone(), b])));
+        for (bad, says) in [
+            (r#"{"requests":[]}"#.to_string(), "0 requests"),
+            (r#"{"hits":[],"requests":[]}"#.to_string(), "not both"),
+            (r#"{}"#.to_string(), "neither"),
+            (r#"{"requests":[{"hits":[]}]}"#.to_string(), "requests[0]: hits is empty"),
+            (r#"{"requests":[{"hits":[{"key":"a","algorithm":"fixed_window","limit":1,"window_ms":1000,"cost":0}]}]}"#.to_string(), "requests[0]: hits[0]: cost 0"),
+            (r#"{"hits":[{"key":"a","algorithm":"fixed_window","limit":1,"window_ms":1000}],"x":1}"#.to_string(), "unknown field"),
+            (String::from_utf8(join_checks(std::iter::repeat(one.as_slice()).take(MAX_REQUESTS + 1))).unwrap(), "513 requests"),
+        ] {
+            let e = Check::parse(bad.as_bytes()).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,11 +9,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use rampart::wire::{Batch, Outcomes, MAX_BODY_BYTES, TOKEN_HEADER};
+use futures_util::future::join_all;
+use rampart::wire::{Batch, Check, CheckAnswers, Outcomes, MAX_BODY_BYTES, TOKEN_HEADER};
 
 use crate::engine::Engine;
 use crate::metrics::METRICS;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub struct App {
     pub engine: Arc<Engine>,
@@ -72,25 +73,14 @@ impl App {
                         return error(StatusCode::UNAUTHORIZED, "missing or wrong x-rampart-token");
                     }
                 }
-                let batch = match read_batch(req, path == "/v1/report").await {
-                    Ok(b) => b,
-                    Err(r) => {
-                        METRICS.bad_requests.fetch_add(1, Relaxed);
-                        return r;
-                    }
-                };
-                let result = if path == "/v1/check" {
-                    self.engine.check(&batch.hits).await
+                let answer = if path == "/v1/check" {
+                    self.check(req).await
                 } else {
-                    self.engine.report(&batch.hits).await
+                    self.report(req).await
                 };
-                match result {
-                    Ok(results) => match serde_json::to_vec(&Outcomes { results }) {
-                        Ok(body) => reply(StatusCode::OK, "application/json", body),
-                        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-                    },
-                    // The filter's failure_mode decides what clients see.
-                    Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                match answer {
+                    Ok(body) => reply(StatusCode::OK, "application/json", body),
+                    Err(r) => r,
                 }
             }
             (_, p) if p.starts_with("/v1/admin/") => self.admin(req).await,
@@ -107,6 +97,45 @@ impl App {
 
 impl App {
     /// Revocation and inspection of keys (by counter name: `<layer>:<hash>`).
+    /// `/v1/check`: one request's ordered hits, or several requests' (each ordered, all
+    /// at once; their hits coalesce with everything else in flight).
+    async fn check(&self, req: Request<Incoming>) -> Result<Vec<u8>, Reply> {
+        let body = read_body(req).await?;
+        let check = Check::parse(&body).map_err(|e| {
+            METRICS.bad_requests.fetch_add(1, Relaxed);
+            error(StatusCode::BAD_REQUEST, &e)
+        })?;
+        let encoded = match check {
+            Check::One(batch) => {
+                METRICS.check_calls.fetch_add(1, Relaxed);
+                METRICS.checked_requests.fetch_add(1, Relaxed);
+                let results = self.engine.check(&batch.hits).await.map_err(unavailable)?;
+                serde_json::to_vec(&Outcomes { results })
+            }
+            Check::Many(requests) => {
+                METRICS.check_calls.fetch_add(1, Relaxed);
+                METRICS.checked_requests.fetch_add(requests.len() as u64, Relaxed);
+                let answers = join_all(requests.iter().map(|r| self.engine.check(&r.hits))).await;
+                let requests = answers
+                    .into_iter()
+                    .map(|a| a.map(|results| Outcomes { results }))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                serde_json::to_vec(&CheckAnswers { requests })
+            }
+        };
+        encoded.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+    }
+
+    /// `/v1/report`: admitted hits to record; answers every counter's standing.
+    async fn report(&self, req: Request<Incoming>) -> Result<Vec<u8>, Reply> {
+        let batch = read_batch(req, true).await.inspect_err(|_| {
+            METRICS.bad_requests.fetch_add(1, Relaxed);
+        })?;
+        let results = self.engine.report(&batch.hits).await.map_err(unavailable)?;
+        serde_json::to_vec(&Outcomes { results }).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+    }
+
     async fn admin(&self, req: Request<Incoming>) -> Reply {
         let Some(token) = &self.admin_token else {
             return error(
@@ -200,6 +229,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
             &format!("body over {MAX_BODY_BYTES} bytes"),
         )),
     }
+}
+
+/// A store failure: the filter's `failure_mode` decides what clients see.
+fn unavailable(e: StoreError) -> Reply {
+    error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
 async fn read_batch(req: Request<Incoming>, zero_cost: bool) -> Result<Batch, Reply> {

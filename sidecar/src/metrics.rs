@@ -62,6 +62,8 @@ pub struct Metrics {
     pub flagged: AtomicU64,
     pub denied: AtomicU64,
     pub unauthorized: AtomicU64,
+    pub check_calls: AtomicU64,
+    pub checked_requests: AtomicU64,
     pub redis_latency: Histogram,
 }
 
@@ -78,6 +80,8 @@ pub static METRICS: Metrics = Metrics {
     flagged: AtomicU64::new(0),
     denied: AtomicU64::new(0),
     unauthorized: AtomicU64::new(0),
+    check_calls: AtomicU64::new(0),
+    checked_requests: AtomicU64::new(0),
     redis_latency: Histogram::new(),
 };
 
@@ -102,6 +106,18 @@ impl Metrics {
             "Hits rejected by /v1/check.",
             "",
             &self.rejected,
+        );
+        counter(
+            "rampart_sidecar_check_calls_total",
+            "Calls to /v1/check (a gateway worker batches the requests that arrive together).",
+            "",
+            &self.check_calls,
+        );
+        counter(
+            "rampart_sidecar_checked_requests_total",
+            "Gateway requests checked by /v1/check; over check_calls it is the mean batch size.",
+            "",
+            &self.checked_requests,
         );
         counter(
             "rampart_sidecar_hits_recorded_total",

@@ -41,7 +41,7 @@ fn api_refuses_bad_requests_with_reasons() {
     // Malformed and invalid bodies name the problem.
     let r = c.post("/v1/check", &[TOKEN], b"{not json").unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.body_text().contains("not a hit batch"), "{}", r.body_text());
+    assert!(r.body_text().contains("body is not a check"), "{}", r.body_text());
     let (status, body) = post(&mut c, "/v1/check", &json!({"hits": [hit("k", 0, 1)]}));
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("hits[0]: limit"), "{body}");
@@ -114,6 +114,43 @@ fn check_is_ordered_and_report_records_past_the_limit() {
     assert_eq!(body["results"][0]["remaining"], 0);
     let (_, body) = post(&mut c, "/v1/check", &json!({"hits": [hit("d", 5, 1)]}));
     assert_eq!(body["results"][0]["allowed"], false);
+}
+
+#[test]
+fn batched_checks_answer_each_request_in_order_and_exactly() {
+    let sc = Sidecar::start(&["--token", "s3cret-token"]);
+    let mut c = sc.client();
+    // Three requests on key "a" (limit 2), then one whose first hit passes and whose
+    // second finds "a" spent.
+    let one = |hits: Vec<Value>| json!({ "hits": hits });
+    let (status, body) = post(
+        &mut c,
+        "/v1/check",
+        &json!({"requests": [
+            one(vec![hit("a", 2, 1)]),
+            one(vec![hit("a", 2, 1)]),
+            one(vec![hit("a", 2, 1)]),
+            one(vec![hit("b", 9, 1), hit("a", 2, 1)]),
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let r = body["requests"].as_array().unwrap();
+    assert_eq!(r.len(), 4);
+    let allowed = |i: usize, j: usize| r[i]["results"][j]["allowed"].as_bool().unwrap();
+    assert_eq!(
+        (0..3).filter(|&i| allowed(i, 0)).count(),
+        2,
+        "exactly the limit of key a is admitted: {body}"
+    );
+    assert!(allowed(3, 0) && !allowed(3, 1), "{body}");
+    assert!(r[3]["results"][1]["retry_after_ms"].as_u64().unwrap() > 0);
+    // A bad request inside a batch names where it is.
+    let (status, body) = post(&mut c, "/v1/check", &json!({"requests": [one(vec![hit("a", 2, 1)]), one(vec![])]}));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("requests[1]: hits is empty"), "{body}");
+    let metrics = String::from_utf8(get_once(sc.port, "/metrics").unwrap().body).unwrap();
+    assert!(metrics.contains("rampart_sidecar_check_calls_total 1\n"), "{metrics}");
+    assert!(metrics.contains("rampart_sidecar_checked_requests_total 4\n"), "{metrics}");
 }
 
 #[test]
