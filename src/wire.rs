@@ -338,7 +338,7 @@ mod tests {
             (r#"{"requests":[{"hits":[]}]}"#.to_string(), "requests[0]: hits is empty"),
             (r#"{"requests":[{"hits":[{"key":"a","algorithm":"fixed_window","limit":1,"window_ms":1000,"cost":0}]}]}"#.to_string(), "requests[0]: hits[0]: cost 0"),
             (r#"{"hits":[{"key":"a","algorithm":"fixed_window","limit":1,"window_ms":1000}],"x":1}"#.to_string(), "unknown field"),
-            (String::from_utf8(join_checks(std::iter::repeat(one.as_slice()).take(MAX_REQUESTS + 1))).unwrap(), "513 requests"),
+            (String::from_utf8(join_checks(std::iter::repeat_n(one.as_slice(), MAX_REQUESTS + 1))).unwrap(), "513 requests"),
         ] {
             let e = Check::parse(bad.as_bytes()).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use futures_util::future::join_all;
 use rampart::wire::{Batch, Check, CheckAnswers, Outcomes, MAX_BODY_BYTES, TOKEN_HEADER};
 
 use crate::engine::Engine;

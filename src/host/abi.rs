@@ -75,6 +75,14 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
     fn proxy_continue_stream(stream_type: u32) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_register_shared_queue(name_data: *const u8, name_size: usize, return_id: *mut u32) -> Status;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> Status;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
 }
 
 /// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`
@@ -220,4 +228,34 @@ pub fn increment(id: u32, by: i64) -> Status {
 pub fn set_tick_period_ms(ms: u32) -> Status {
     // SAFETY: plain value.
     unsafe { proxy_set_tick_period_milliseconds(ms) }
+}
+
+/// Makes later hostcalls of this callback act on another context (a paused request
+/// resumed from the root).
+pub fn set_effective_context(context_id: u32) -> Status {
+    // SAFETY: plain value.
+    unsafe { proxy_set_effective_context(context_id) }
+}
+
+/// Registers a queue whose `on_queue_ready` runs on this VM's root context.
+pub fn register_queue(name: &str) -> Result<u32, Status> {
+    let mut id = 0u32;
+    // SAFETY: name is live; id is a valid local.
+    match unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) } {
+        OK => Ok(id),
+        other => Err(other),
+    }
+}
+
+pub fn enqueue(queue: u32, value: &[u8]) -> Status {
+    // SAFETY: value is live for the call.
+    unsafe { proxy_enqueue_shared_queue(queue, value.as_ptr(), value.len()) }
+}
+
+/// One item off a queue; `Ok(None)` when it is empty.
+pub fn dequeue(queue: u32) -> Result<Option<Vec<u8>>, Status> {
+    let (mut data, mut len) = (null_mut(), 0usize);
+    // SAFETY: out-pointers are valid locals.
+    let status = unsafe { proxy_dequeue_shared_queue(queue, &mut data, &mut len) };
+    found(status, data, len)
 }

@@ -2,6 +2,7 @@
 //! lives in the pure core; this module only moves bytes between the proxy and it.
 
 mod abi;
+mod batch;
 mod logger;
 mod root;
 mod shared;
@@ -17,7 +18,7 @@ use shared::SharedData;
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    proxy_wasm::set_root_context(|id| Box::new(root::Root::new(id)));
 }}
 
 /// Metric ids per layer, indexed by `Event::index`. `None` where the host refused to

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use super::batch;
 use super::shared::SharedData;
 use super::stream::Stream;
 use super::{
@@ -19,10 +20,18 @@ use crate::policy::SyncMode;
 
 #[derive(Default)]
 pub(super) struct Root {
+    /// This root's context id: batched sync checks are resumed from here.
+    id: u32,
     compiled: Option<Rc<Compiled>>,
     last_flush_ns: u64,
     /// The async report in flight: its token, when it was sent, and the hits it carries.
     report: Option<(u32, u64, crate::cluster::InFlight)>,
+}
+
+impl Root {
+    pub(super) fn new(id: u32) -> Root {
+        Root { id, ..Root::default() }
+    }
 }
 
 /// A report unanswered this long is given up (its hits are queued again): a host that
@@ -31,6 +40,9 @@ const REPORT_GIVE_UP_NS: u64 = 5_000_000_000;
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        if batch::on_answer(token, num_headers, body_size) {
+            return;
+        }
         let Some((expected, sent_at, sent)) = self.report.take() else {
             return;
         };
@@ -94,11 +106,24 @@ impl RootContext for Root {
             .map(|c| c.sync_interval_ms * 1_000_000)
             .min();
         let tick_ms = report_every_ns.map_or(METRICS_FLUSH_MS, |ns| ((ns / 1_000_000) as u32).min(METRICS_FLUSH_MS));
-        if abi::set_tick_period_ms(tick_ms) != OK {
+        let ticks = abi::set_tick_period_ms(tick_ms) == OK;
+        if !ticks {
             log::info!("rampart: this host has no tick; metrics are published every {METRICS_FLUSH_AFTER} counts");
             if report_every_ns.is_some() {
                 log::warn!("rampart: without a tick, async cluster layers cannot report: they run as \"sync\" here");
                 engine.run_async_as_sync();
+            }
+        }
+        if engine
+            .policy
+            .layers
+            .iter()
+            .any(|l| l.sync_mode() == Some(SyncMode::Sync))
+            && ticks
+            && shared.blind_writes_replace()
+        {
+            if let Some(name) = wake_queue_name() {
+                batch::enable(self.id, &name);
             }
         }
         log::info!("rampart: configured {} layer(s)", engine.policy.layers.len());
@@ -121,7 +146,12 @@ impl RootContext for Root {
         true
     }
 
+    fn on_queue_ready(&mut self, queue: u32) {
+        batch::on_wake(queue);
+    }
+
     fn on_tick(&mut self) {
+        batch::on_tick();
         let Some(c) = self.compiled.clone() else { return };
         let now = now_ns();
         if now.saturating_sub(self.last_flush_ns) >= u64::from(METRICS_FLUSH_MS) * 1_000_000 {
@@ -160,16 +190,24 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without a configuration there is nothing to enforce; the host already refused
         // the plugin when `on_configure` returned false.
         let compiled = self.compiled.clone()?;
-        Some(Box::new(Stream::new(compiled)))
+        Some(Box::new(Stream::new(context_id, compiled)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// A queue name of this VM's own: queues are per `vm_id`, and every worker's root must
+/// be woken by its own requests only.
+fn wake_queue_name() -> Option<String> {
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).ok()?;
+    Some(format!("rampart/v1/wake/{:016x}", u64::from_le_bytes(r)))
 }
 
 fn define_metrics(engine: &Engine) -> MetricIds {

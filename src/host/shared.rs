@@ -37,6 +37,16 @@ impl SharedData {
         }
     }
 
+    /// Whether a write with cas 0 replaces an existing value, as in proxy-wasm-cpp-host
+    /// (Envoy); Kong refuses it. Tells the host family apart at configure time.
+    pub fn blind_writes_replace(&self) -> bool {
+        const PROBE: &str = "rampart/v1/probe";
+        match self {
+            SharedData::Host => abi::shared_set(PROBE, b"1", 0) == OK && abi::shared_set(PROBE, b"1", 0) == OK,
+            SharedData::Local { .. } => false,
+        }
+    }
+
     pub fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), u32> {
         match self {
             SharedData::Host => abi::shared_get(key),

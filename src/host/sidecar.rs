@@ -41,6 +41,11 @@ pub fn dispatch(sidecar: &Sidecar, path: &str, body: &[u8]) -> Result<u32, Strin
 /// connection refused: the host reports zero headers), a non-200 status, a body that
 /// does not parse. The caller's `failure_mode` decides what clients see.
 pub fn answer(num_headers: usize, body_size: usize) -> Option<Outcomes> {
+    serde_json::from_slice(&answer_body(num_headers, body_size)?).ok()
+}
+
+/// The body of a successful (200) sidecar answer; `None` for every kind of failure.
+pub fn answer_body(num_headers: usize, body_size: usize) -> Option<Vec<u8>> {
     if num_headers == 0 {
         return None;
     }
@@ -50,8 +55,7 @@ pub fn answer(num_headers: usize, body_size: usize) -> Option<Outcomes> {
     if status != b"200" {
         return None;
     }
-    let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size.min(MAX_ANSWER_BYTES))
+    abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size.min(MAX_ANSWER_BYTES))
         .ok()
-        .flatten()?;
-    serde_json::from_slice(&body).ok()
+        .flatten()
 }

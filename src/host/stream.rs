@@ -7,29 +7,76 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use super::batch::{self, Finished};
 use super::{abi, note_sidecar, now_ns, sidecar, Compiled, Hostcalls};
-use crate::engine::{Held, Paused, Step};
+use crate::engine::{Held, Paused, Step, Verdict};
 use crate::host_status::{self, OK};
 
 pub(super) struct Stream {
+    context_id: u32,
     compiled: Rc<Compiled>,
     response_headers: Vec<(&'static str, String)>,
     held: Vec<Held>,
     /// Waiting for the sidecar: the call's token and where to resume.
     paused: Option<(u32, Box<Paused>)>,
+    /// Handed to this worker's batcher: the root resumes it and leaves a `Finished`.
+    batched: bool,
+}
+
+/// Carries out a final verdict for the request of the current (or effective) context:
+/// sends the rejection, or says to continue. Returns what the stream keeps.
+pub(super) fn conclude(verdict: Verdict) -> (Action, Finished) {
+    let mut finished = Finished {
+        response_headers: Vec::new(),
+        held: verdict.held,
+    };
+    let Some(rejection) = verdict.rejection else {
+        finished.response_headers = verdict.response_headers;
+        return (Action::Continue, finished);
+    };
+    let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let status = abi::send_local_response(rejection.status, "rampart", rejection.body.as_bytes(), &headers);
+    if status != OK {
+        // The host could not answer for us; letting the request through is the only
+        // way that does not hang the client.
+        log::warn!(
+            "rampart: local response failed ({}); request admitted",
+            host_status::describe(status)
+        );
+        return (Action::Continue, finished);
+    }
+    (Action::Pause, finished)
 }
 
 impl Stream {
-    pub(super) fn new(compiled: Rc<Compiled>) -> Stream {
+    pub(super) fn new(context_id: u32, compiled: Rc<Compiled>) -> Stream {
         Stream {
+            context_id,
             compiled,
             response_headers: Vec::new(),
             held: Vec::new(),
             paused: None,
+            batched: false,
+        }
+    }
+
+    /// Takes what the root decided, if it resumed this request.
+    fn collect(&mut self) {
+        if !self.batched {
+            return;
+        }
+        if let Some(f) = batch::take_finished(self.context_id) {
+            self.response_headers = f.response_headers;
+            self.held.extend(f.held);
         }
     }
 
     fn release(&mut self) {
+        if self.batched {
+            batch::forget(self.context_id);
+            self.collect();
+            self.batched = false;
+        }
         let mut host = Hostcalls {
             compiled: &self.compiled,
         };
@@ -63,29 +110,25 @@ impl Stream {
             match step {
                 Step::Done(verdict) => {
                     drop(worker);
-                    self.held = verdict.held;
-                    let Some(rejection) = verdict.rejection else {
-                        self.response_headers = verdict.response_headers;
-                        return self.admit(resumed);
+                    let (action, finished) = conclude(verdict);
+                    self.held = finished.held;
+                    self.response_headers = finished.response_headers;
+                    return match action {
+                        Action::Continue => self.admit(resumed),
+                        other => other,
                     };
-                    let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                    let status =
-                        abi::send_local_response(rejection.status, "rampart", rejection.body.as_bytes(), &headers);
-                    if status != OK {
-                        // The host could not answer for us; letting the request through
-                        // is the only way that does not hang the client.
-                        log::warn!(
-                            "rampart: local response failed ({}); request admitted",
-                            host_status::describe(status)
-                        );
-                        return self.admit(resumed);
-                    }
-                    return Action::Pause;
                 }
                 Step::Ask(p, body) => {
                     let Some(sc) = compiled.engine.policy.sidecar.as_ref() else {
                         step = compiled.engine.resume(&mut host, &mut worker, *p, None, now_ns());
                         continue;
+                    };
+                    let (p, body) = match batch::submit(self.context_id, &compiled, p, body) {
+                        Ok(()) => {
+                            self.batched = true;
+                            return Action::Pause;
+                        }
+                        Err(back) => back,
                     };
                     match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body) {
                         Ok(token) => {
@@ -133,6 +176,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.collect();
         for (name, value) in &self.response_headers {
             let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, name, value);
         }

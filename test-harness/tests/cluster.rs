@@ -251,3 +251,110 @@ fn redis_frozen_paused_and_killed_degrade_then_recover() {
     );
     drop(redis);
 }
+
+/// A counter from the sidecar's /metrics.
+fn sidecar_counter(sidecar: &Sidecar, name: &str) -> u64 {
+    let text = sidecar.metrics_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// `threads` clients, each sending `each` requests with `key` to one gateway at once.
+fn crowd(envoy: &Envoy, key: &'static str, threads: usize, each: usize) -> Vec<u16> {
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let port = envoy.port;
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                (0..each)
+                    .map(|_| c.get("/", &[("x-api-key", key.as_bytes())]).expect("request").status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+#[test]
+fn concurrent_sync_checks_are_batched_and_stay_exact() {
+    let sidecar = Sidecar::start(&[]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&Options::fleet(
+        &keyed("sync", 100, "closed", None, "500ms").to_string(),
+        upstream.port,
+        sidecar.port,
+    ));
+    let statuses = crowd(&envoy, "crowded-key", 48, 5);
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(admitted, 100, "240 concurrent requests, limit 100: {statuses:?}");
+    assert!(statuses.iter().all(|&s| s == 200 || s == 429), "{statuses:?}");
+    assert_eq!(upstream.served(), 100);
+    // Requests that arrived together went to the sidecar together.
+    let calls = sidecar_counter(&sidecar, "rampart_sidecar_check_calls_total");
+    let checked = sidecar_counter(&sidecar, "rampart_sidecar_checked_requests_total");
+    assert!(checked >= 100, "checked {checked}");
+    assert!(calls < checked, "no batching: {calls} calls for {checked} requests");
+}
+
+#[test]
+fn clients_leaving_mid_batch_do_not_strand_the_others() {
+    let redis = RedisNode::start();
+    let sidecar = Sidecar::start(&["--redis", &redis.url(), "--redis-timeout", "1500ms"]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&Options::fleet(
+        &keyed("sync", 1_000, "closed", None, "2s").to_string(),
+        upstream.port,
+        sidecar.port,
+    ));
+    // Redis frozen: every check waits in a batch. Half of the clients hang up while
+    // theirs wait; the rest must still get their answer once Redis is back.
+    redis.freeze();
+    let port = envoy.port;
+    let leavers: Vec<_> = (0..12)
+        .map(|_| {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for _ in 0..3 {
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-api-key: leaving-key\r\n\r\n");
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+            })
+        })
+        .collect();
+    let stayers = std::thread::spawn(move || {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    Client::new(port)
+                        .get("/", &[("x-api-key", b"staying-key")])
+                        .map(|r| r.status)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect::<Vec<_>>()
+    });
+    for l in leavers {
+        l.join().expect("leaver");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    redis.thaw();
+    let started = Instant::now();
+    let answers = stayers.join().expect("stayers");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(200))),
+        "every remaining client is answered: {answers:?}"
+    );
+    // And the gateway goes on as before.
+    let r = envoy.client().get("/", &[("x-api-key", b"staying-key")]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), Some(1_000 - 13));
+}

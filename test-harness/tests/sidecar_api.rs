@@ -145,12 +145,22 @@ fn batched_checks_answer_each_request_in_order_and_exactly() {
     assert!(allowed(3, 0) && !allowed(3, 1), "{body}");
     assert!(r[3]["results"][1]["retry_after_ms"].as_u64().unwrap() > 0);
     // A bad request inside a batch names where it is.
-    let (status, body) = post(&mut c, "/v1/check", &json!({"requests": [one(vec![hit("a", 2, 1)]), one(vec![])]}));
+    let (status, body) = post(
+        &mut c,
+        "/v1/check",
+        &json!({"requests": [one(vec![hit("a", 2, 1)]), one(vec![])]}),
+    );
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("requests[1]: hits is empty"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("requests[1]: hits is empty"),
+        "{body}"
+    );
     let metrics = String::from_utf8(get_once(sc.port, "/metrics").unwrap().body).unwrap();
     assert!(metrics.contains("rampart_sidecar_check_calls_total 1\n"), "{metrics}");
-    assert!(metrics.contains("rampart_sidecar_checked_requests_total 4\n"), "{metrics}");
+    assert!(
+        metrics.contains("rampart_sidecar_checked_requests_total 4\n"),
+        "{metrics}"
+    );
 }
 
 #[test]

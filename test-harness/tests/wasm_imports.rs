@@ -24,6 +24,11 @@ const CALLED: &[(&str, &str, bool)] = &[
     ("env", "proxy_set_tick_period_milliseconds", true),
     ("env", "proxy_define_metric", true),
     ("env", "proxy_increment_metric", true),
+    // Sync-check batching: only where shared data behaves as Envoy's, and off when the
+    // queue cannot be registered or woken.
+    ("env", "proxy_register_shared_queue", true),
+    ("env", "proxy_enqueue_shared_queue", true),
+    ("env", "proxy_dequeue_shared_queue", true),
     ("wasi_snapshot_preview1", "clock_time_get", false),
     ("wasi_snapshot_preview1", "random_get", false),
 ];

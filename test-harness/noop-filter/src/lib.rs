@@ -75,14 +75,18 @@ mod filter {
                 let n = value
                     .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                     .map_or(0, u64::from_le_bytes);
-                if self.set_shared_data("trivial", Some(&(n + 1).to_le_bytes()), cas).is_ok() {
+                if self
+                    .set_shared_data("trivial", Some(&(n + 1).to_le_bytes()), cas)
+                    .is_ok()
+                {
                     self.count = n + 1;
                     break;
                 }
             }
             if self.call {
                 let headers = vec![(":method", "GET"), (":path", "/healthz"), (":authority", "sidecar")];
-                let sent = self.dispatch_http_call("rampart_sidecar", headers, None, vec![], Duration::from_millis(250));
+                let sent =
+                    self.dispatch_http_call("rampart_sidecar", headers, None, vec![], Duration::from_millis(250));
                 if sent.is_ok() {
                     return Action::Pause;
                 }

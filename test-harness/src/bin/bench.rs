@@ -10,6 +10,8 @@
 //! (no sidecar, no open-loop or sidecar-alone parts): the loop for working on the
 //! filter's own cost. BENCH_CONFIG=<file.json> replaces the local Rampart
 //! configuration with your own plugin JSON (its limits should admit every request).
+//! BENCH_SYNC_RATE=<req/s> paces the latency runs at that rate instead of half of the
+//! sync configuration's saturation.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -249,7 +251,12 @@ fn main() {
         println!("ratio {:<28} {:.3}x native local_ratelimit", s.name, m.rps / native);
     }
     // The same Rampart numbers against the least a filter of its kind can do here.
-    let rps = |name: &str| scenarios.iter().position(|s| s.name == name).map(|i| med[i].rps.max(1.0));
+    let rps = |name: &str| {
+        scenarios
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| med[i].rps.max(1.0))
+    };
     for (ours, reference) in [
         ("rampart local (ip + key)", "trivial cas + header"),
         ("rampart cluster async", "trivial cas + header"),
@@ -269,7 +276,10 @@ fn main() {
 /// scheduled time; waiting counts): no filter, the trivial filter's bare sidecar call
 /// (what the host's callout costs alone) when it ran, and sync, alternated.
 fn sync_latency(envoys: &[Envoy], scenarios: &[Scenario], med: &[Sample], sync: usize, seconds: u64) {
-    let rate = med[sync].rps / 2.0;
+    let rate = std::env::var("BENCH_SYNC_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(med[sync].rps / 2.0);
     let mut paced_ones: Vec<usize> = vec![0];
     paced_ones.extend(scenarios.iter().position(|s| s.name == "trivial + sidecar call"));
     paced_ones.push(sync);
@@ -283,7 +293,11 @@ fn sync_latency(envoys: &[Envoy], scenarios: &[Scenario], med: &[Sample], sync: 
     let none = median(p99[0].clone());
     for (k, &i) in paced_ones.iter().enumerate() {
         let m = median(p99[k].clone());
-        println!("  {:<28} {m:>8.3} ms  (+{:.3} ms over no filter)", scenarios[i].name, m - none);
+        println!(
+            "  {:<28} {m:>8.3} ms  (+{:.3} ms over no filter)",
+            scenarios[i].name,
+            m - none
+        );
     }
 }
 
