@@ -67,15 +67,18 @@ thread_local! {
     static BATCHER: RefCell<Batcher> = RefCell::new(Batcher::default());
 }
 
+/// Runs `f` on this worker's batcher; `None` if it is already in use (a host that
+/// re-entered the VM mid-call), which callers treat as "batching unavailable".
+fn with<R>(f: impl FnOnce(&mut Batcher) -> R) -> Option<R> {
+    BATCHER.with(|b| b.try_borrow_mut().ok().map(|mut b| f(&mut b)))
+}
+
 /// Turns batching on for this VM (called by the root at configure time, where the
 /// host is known to run `on_queue_ready` and to own calls at the root). `false` when
 /// the host refused the queue: requests then call the sidecar one by one.
 pub(super) fn enable(root_id: u32, name: &str) -> bool {
     match abi::register_queue(name) {
-        Ok(queue) => {
-            BATCHER.with(|b| b.borrow_mut().wake = Some((queue, root_id)));
-            true
-        }
+        Ok(queue) => with(|b| b.wake = Some((queue, root_id))).is_some(),
         Err(s) => {
             log::info!(
                 "rampart: no wake queue ({}): sync checks are sent one per request",
@@ -95,10 +98,10 @@ pub(super) fn submit(
     paused: Box<Paused>,
     body: Vec<u8>,
 ) -> Result<(), (Box<Paused>, Vec<u8>)> {
-    BATCHER.with(|b| {
-        let mut b = b.borrow_mut();
+    let mut back = Some((paused, body));
+    let queued = with(|b| {
         let Some((queue, _)) = b.wake else {
-            return Err((paused, body));
+            return false;
         };
         if !b.wake_pending {
             let status = abi::enqueue(queue, b"w");
@@ -108,43 +111,51 @@ pub(super) fn submit(
                     host_status::describe(status)
                 );
                 b.wake = None;
-                return Err((paused, body));
+                return false;
             }
             b.wake_pending = true;
         }
-        b.waiting.push(Waiter {
-            context_id,
-            compiled: Rc::clone(compiled),
-            paused,
-            body,
-        });
-        Ok(())
-    })
+        if let Some((paused, body)) = back.take() {
+            b.waiting.push(Waiter {
+                context_id,
+                compiled: Rc::clone(compiled),
+                paused,
+                body,
+            });
+        }
+        true
+    });
+    match (queued, back) {
+        (Some(true), _) => Ok(()),
+        (_, Some(back)) => Err(back),
+        // Unreachable: the request was queued whenever it was taken.
+        (_, None) => Ok(()),
+    }
 }
 
 /// The root was woken: drain the queue and send what waits.
 pub(super) fn on_wake(queue: u32) {
     while let Ok(Some(_)) = abi::dequeue(queue) {}
-    BATCHER.with(|b| b.borrow_mut().wake_pending = false);
+    with(|b| b.wake_pending = false);
     flush();
 }
 
 /// Sends every waiting request (root context only: the answer must come back here).
 pub(super) fn flush() {
     loop {
-        let chunk: Vec<Waiter> = BATCHER.with(|b| {
-            let mut b = b.borrow_mut();
+        let chunk: Vec<Waiter> = with(|b| {
             let n = b.waiting.len().min(MAX_REQUESTS);
             b.waiting.drain(..n).collect()
-        });
+        })
+        .unwrap_or_default();
         let Some(first) = chunk.first() else { return };
         let compiled = Rc::clone(&first.compiled);
         // Requests checked under another configuration (a reconfigure just happened)
         // go in their own batch.
         let (same, other): (Vec<Waiter>, Vec<Waiter>) =
             chunk.into_iter().partition(|w| Rc::ptr_eq(&w.compiled, &compiled));
-        BATCHER.with(|b| {
-            b.borrow_mut().waiting.splice(0..0, other);
+        with(|b| {
+            b.waiting.splice(0..0, other);
         });
         send(&compiled, same);
     }
@@ -160,15 +171,13 @@ fn send(compiled: &Compiled, members: Vec<Waiter>) {
         many => join_checks(many.iter().map(|w| w.body.as_slice())),
     };
     match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body) {
-        Ok(token) => BATCHER.with(|b| {
-            b.borrow_mut().in_flight.insert(
-                token,
-                Sent {
-                    at_ns: now_ns(),
-                    members: members.into_iter().map(Some).collect(),
-                },
-            );
-        }),
+        Ok(token) => {
+            let sent = Sent {
+                at_ns: now_ns(),
+                members: members.into_iter().map(Some).collect(),
+            };
+            with(|b| b.in_flight.insert(token, sent));
+        }
         Err(why) => {
             log::warn!("rampart: {why}");
             resolve_all(members, None);
@@ -178,7 +187,7 @@ fn send(compiled: &Compiled, members: Vec<Waiter>) {
 
 /// The sidecar answered (or failed) a call: `false` when it was not a batch's.
 pub(super) fn on_answer(token: u32, num_headers: usize, body_size: usize) -> bool {
-    let Some(sent) = BATCHER.with(|b| b.borrow_mut().in_flight.remove(&token)) else {
+    let Some(sent) = with(|b| b.in_flight.remove(&token)).flatten() else {
         return false;
     };
     let body = sidecar::answer_body(num_headers, body_size);
@@ -207,8 +216,7 @@ pub(super) fn on_answer(token: u32, num_headers: usize, body_size: usize) -> boo
 /// Gives up batches the host never answered (called on the root's tick).
 pub(super) fn on_tick() {
     let now = now_ns();
-    let stale: Vec<Sent> = BATCHER.with(|b| {
-        let mut b = b.borrow_mut();
+    let stale: Vec<Sent> = with(|b| {
         let tokens: Vec<u32> = b
             .in_flight
             .iter()
@@ -216,7 +224,8 @@ pub(super) fn on_tick() {
             .map(|(t, _)| *t)
             .collect();
         tokens.iter().filter_map(|t| b.in_flight.remove(t)).collect()
-    });
+    })
+    .unwrap_or_default();
     for s in stale {
         log::warn!("rampart: a sync check got no answer; its requests take failure_mode");
         resolve_all(s.members.into_iter().flatten().collect(), None);
@@ -233,7 +242,7 @@ fn resolve_all(members: Vec<Waiter>, answer: Option<Outcomes>) {
 
 /// Resumes one request from the root: its hostcalls act on its own context.
 fn resolve(w: Waiter, answer: Option<Outcomes>) {
-    let root = BATCHER.with(|b| b.borrow().wake.map_or(0, |(_, r)| r));
+    let root = with(|b| b.wake.map_or(0, |(_, r)| r)).unwrap_or(0);
     let status = abi::set_effective_context(w.context_id);
     let compiled = Rc::clone(&w.compiled);
     let mut host = Hostcalls { compiled: &compiled };
@@ -259,29 +268,29 @@ fn resolve(w: Waiter, answer: Option<Outcomes>) {
             if action == Action::Continue {
                 let _ = abi::continue_request();
             }
-            BATCHER.with(|b| b.borrow_mut().finished.insert(w.context_id, finished));
+            with(|b| b.finished.insert(w.context_id, finished));
         }
-        Step::Ask(paused, body) => BATCHER.with(|b| {
-            b.borrow_mut().waiting.push(Waiter {
+        Step::Ask(paused, body) => {
+            let again = Waiter {
                 context_id: w.context_id,
                 compiled: Rc::clone(&compiled),
                 paused,
                 body,
-            })
-        }),
+            };
+            with(|b| b.waiting.push(again));
+        }
     }
     let _ = abi::set_effective_context(root);
 }
 
 /// What the root decided for this request, once (its response headers, its slots).
 pub(super) fn take_finished(context_id: u32) -> Option<Finished> {
-    BATCHER.with(|b| b.borrow_mut().finished.remove(&context_id))
+    with(|b| b.finished.remove(&context_id)).flatten()
 }
 
 /// A request ended: it no longer waits for anything; what it held goes back.
 pub(super) fn forget(context_id: u32) {
-    let mine: Vec<Waiter> = BATCHER.with(|b| {
-        let mut b = b.borrow_mut();
+    let mine: Vec<Waiter> = with(|b| {
         let mut out = Vec::new();
         let mut i = 0;
         while i < b.waiting.len() {
@@ -299,7 +308,8 @@ pub(super) fn forget(context_id: u32) {
             }
         }
         out
-    });
+    })
+    .unwrap_or_default();
     for w in mine {
         let mut host = Hostcalls { compiled: &w.compiled };
         w.compiled.engine.abandon(&mut host, *w.paused);

@@ -283,11 +283,15 @@ fn crowd(envoy: &Envoy, key: &'static str, threads: usize, each: usize) -> Vec<u
 fn concurrent_sync_checks_are_batched_and_stay_exact() {
     let sidecar = Sidecar::start(&[]);
     let upstream = Upstream::start();
-    let envoy = Envoy::start(&Options::fleet(
-        &keyed("sync", 100, "closed", None, "500ms").to_string(),
-        upstream.port,
-        sidecar.port,
-    ));
+    // Two workers: each batches its own requests and is woken by its own queue.
+    let envoy = Envoy::start(&Options {
+        concurrency: 2,
+        ..Options::fleet(
+            &keyed("sync", 100, "closed", None, "500ms").to_string(),
+            upstream.port,
+            sidecar.port,
+        )
+    });
     let statuses = crowd(&envoy, "crowded-key", 48, 5);
     let admitted = statuses.iter().filter(|&&s| s == 200).count();
     assert_eq!(admitted, 100, "240 concurrent requests, limit 100: {statuses:?}");
