@@ -276,19 +276,24 @@ fn main() {
 /// Latency at half of the sync layer's saturation, open loop (every request has a
 /// scheduled time; waiting counts): no filter and sync, alternated.
 fn sync_latency(envoys: &[Envoy], med: &[Sample], sync: usize, seconds: u64) {
-    let rate = std::env::var("BENCH_SYNC_RATE")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(med[sync].rps / 2.0);
+    let chosen: Option<f64> = std::env::var("BENCH_SYNC_RATE").ok().and_then(|r| r.parse().ok());
+    let rate = chosen.unwrap_or(med[sync].rps / 2.0);
+    let which = if chosen.is_some() {
+        "BENCH_SYNC_RATE"
+    } else {
+        "half of sync saturation"
+    };
     let (mut none_p99, mut sync_p99) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         none_p99.push(paced(envoys[0].port, rate, seconds as f64).1);
         sync_p99.push(paced(envoys[sync].port, rate, seconds as f64).1);
     }
     let (none_p99, sync_p99) = (median(none_p99), median(sync_p99));
-    println!("\nopen-loop {rate:.0} req/s (half of sync saturation): p99 no filter {none_p99:.3} ms, rampart cluster sync {sync_p99:.3} ms");
     println!(
-        "p99 sync at half saturation        +{:.3} ms over no filter",
+        "\nopen-loop {rate:.0} req/s ({which}): p99 no filter {none_p99:.3} ms, rampart cluster sync {sync_p99:.3} ms"
+    );
+    println!(
+        "p99 sync at {rate:.0} req/s          +{:.3} ms over no filter",
         sync_p99 - none_p99
     );
 }
