@@ -54,8 +54,11 @@ struct Sent {
 
 #[derive(Default)]
 struct Batcher {
-    /// Set at configure time where batching works: the wake queue and the root's id.
-    wake: Option<(u32, u32)>,
+    /// Set at configure time where batching works: the queue that wakes the root.
+    wake: Option<u32>,
+    /// The root's context id, kept even if waking fails later (calls in flight still
+    /// come back to it).
+    root: u32,
     wake_pending: bool,
     waiting: Vec<Waiter>,
     in_flight: HashMap<u32, Sent>,
@@ -78,7 +81,11 @@ fn with<R>(f: impl FnOnce(&mut Batcher) -> R) -> Option<R> {
 /// the host refused the queue: requests then call the sidecar one by one.
 pub(super) fn enable(root_id: u32, name: &str) -> bool {
     match abi::register_queue(name) {
-        Ok(queue) => with(|b| b.wake = Some((queue, root_id))).is_some(),
+        Ok(queue) => with(|b| {
+            b.wake = Some(queue);
+            b.root = root_id;
+        })
+        .is_some(),
         Err(s) => {
             log::info!(
                 "rampart: no wake queue ({}): sync checks are sent one per request",
@@ -100,7 +107,7 @@ pub(super) fn submit(
 ) -> Result<(), (Box<Paused>, Vec<u8>)> {
     let mut back = Some((paused, body));
     let queued = with(|b| {
-        let Some((queue, _)) = b.wake else {
+        let Some(queue) = b.wake else {
             return false;
         };
         if !b.wake_pending {
@@ -242,7 +249,7 @@ fn resolve_all(members: Vec<Waiter>, answer: Option<Outcomes>) {
 
 /// Resumes one request from the root: its hostcalls act on its own context.
 fn resolve(w: Waiter, answer: Option<Outcomes>) {
-    let root = with(|b| b.wake.map_or(0, |(_, r)| r)).unwrap_or(0);
+    let root = with(|b| b.root).unwrap_or(0);
     let status = abi::set_effective_context(w.context_id);
     let compiled = Rc::clone(&w.compiled);
     let mut host = Hostcalls { compiled: &compiled };
