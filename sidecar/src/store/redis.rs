@@ -82,13 +82,15 @@ const FIXED: &str = r#"
 local win = math.floor(now / w)
 local v = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = 0
-if tonumber(v[1]) == win then count = tonumber(v[2]) or 0 end
+local same = tonumber(v[1]) == win
+if same then count = tonumber(v[2]) or 0 end
 local reset = (win + 1) * w - now
 local capacity = math.max(limit - count, 0)
 local g = grant(capacity)
 if g > 0 then
   redis.call('HSET', KEYS[1], 'w', string.format('%d', win), 'c', string.format('%d', count + g))
-  redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1000)
+  -- HSET keeps a TTL: set it once per window, on the window's first write.
+  if not same then redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1000) end
 end
 local retry = 0
 if capacity == 0 then retry = reset end
@@ -110,7 +112,8 @@ local reset = w - elapsed
 local g = grant(capacity)
 if g > 0 then
   redis.call('HSET', KEYS[1], 'w', string.format('%d', win), 'c', string.format('%d', cur + g), 'p', string.format('%d', prev))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((reset + w) / 1000) + 1000)
+  -- Once per window (HSET keeps a TTL): until the next window has read this one.
+  if sw ~= win then redis.call('PEXPIRE', KEYS[1], math.ceil((reset + w) / 1000) + 1000) end
 end
 local retry = 0
 if capacity == 0 then
