@@ -50,10 +50,10 @@ validate: wasm envoy
 	  echo "$$f: valid for Envoy $(ENVOY_VERSION)"; \
 	done
 
-demo: wasm envoy
+demo: wasm envoy redis sidecar
 	$(CARGO) run --quiet --release -p rampart-test-harness --bin demo
 
-bench: wasm envoy
+bench: wasm envoy redis sidecar
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) run --quiet --release -p rampart-test-harness --bin bench
 
