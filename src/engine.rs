@@ -183,6 +183,13 @@ pub struct Paused {
     asked: Vec<Asked>,
 }
 
+impl Paused {
+    /// Hits in this request's call to the sidecar (one per layer asked).
+    pub fn hits(&self) -> usize {
+        self.asked.len()
+    }
+}
+
 /// One cluster layer a paused request asked the sidecar about.
 struct Asked {
     layer: usize,

@@ -265,6 +265,22 @@ impl Check {
     }
 }
 
+/// How many of the queued requests, with these hit counts, one batched check carries:
+/// at most `MAX_REQUESTS` and `MAX_HITS` hits in all, and always at least one request
+/// (a single request is never refused for its size by this count).
+pub fn batch_len(hits: impl Iterator<Item = usize>) -> usize {
+    let mut total = 0;
+    let mut n = 0;
+    for h in hits.take(MAX_REQUESTS) {
+        total += h;
+        if total > MAX_HITS && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Joins requests' already serialized `{"hits": [...]}` bodies into one batched check.
 pub fn join_checks<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = b"{\"requests\":[".to_vec();
@@ -343,6 +359,16 @@ mod tests {
             let e = Check::parse(bad.as_bytes()).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn batches_stay_within_what_the_sidecar_takes() {
+        assert_eq!(batch_len(std::iter::empty()), 0);
+        assert_eq!(batch_len(std::iter::repeat_n(1, 10)), 10);
+        assert_eq!(batch_len(std::iter::repeat_n(1, MAX_REQUESTS + 5)), MAX_REQUESTS);
+        assert_eq!(batch_len(std::iter::repeat_n(64, 100)), MAX_HITS / 64);
+        assert_eq!(batch_len([MAX_HITS + 1, 1].into_iter()), 1);
+        assert_eq!(batch_len([MAX_HITS, 1].into_iter()), 1);
     }
 
     #[test]

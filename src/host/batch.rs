@@ -23,7 +23,7 @@ use proxy_wasm::types::Action;
 use super::{abi, note_sidecar, now_ns, sidecar, stream, Compiled, Hostcalls};
 use crate::engine::{Held, Paused, Step};
 use crate::host_status::{self, OK};
-use crate::wire::{join_checks, CheckAnswers, Outcomes, MAX_REQUESTS};
+use crate::wire::{batch_len, join_checks, CheckAnswers, Outcomes};
 
 /// A batch unanswered this long is given up (its requests take `failure_mode`): the
 /// host's own timeout answers far sooner; this only guards against a host that never
@@ -151,7 +151,7 @@ pub(super) fn on_wake(queue: u32) {
 pub(super) fn flush() {
     loop {
         let chunk: Vec<Waiter> = with(|b| {
-            let n = b.waiting.len().min(MAX_REQUESTS);
+            let n = batch_len(b.waiting.iter().map(|w| w.paused.hits()));
             b.waiting.drain(..n).collect()
         })
         .unwrap_or_default();
