@@ -30,6 +30,12 @@ use crate::wire::{batch_len, join_checks, CheckAnswers, Outcomes};
 /// calls back.
 const GIVE_UP_NS: u64 = 5_000_000_000;
 
+/// A wake not delivered this long is taken as lost; after `LOST_WAKES_TO_GIVE_UP` in a
+/// row with none delivered between them, this host does not run `on_queue_ready`
+/// (whatever its shared data looked like) and requests go back to one call each.
+const LOST_WAKE_NS: u64 = 100_000_000;
+const LOST_WAKES_TO_GIVE_UP: u32 = 3;
+
 /// One request waiting for the sidecar.
 struct Waiter {
     context_id: u32,
@@ -60,6 +66,9 @@ struct Batcher {
     /// come back to it).
     root: u32,
     wake_pending: bool,
+    /// When the pending wake was sent, and wakes lost in a row.
+    woken_at_ns: u64,
+    lost_wakes: u32,
     waiting: Vec<Waiter>,
     in_flight: HashMap<u32, Sent>,
     finished: HashMap<u32, Finished>,
@@ -121,6 +130,7 @@ pub(super) fn submit(
                 return false;
             }
             b.wake_pending = true;
+            b.woken_at_ns = now_ns();
         }
         if let Some((paused, body)) = back.take() {
             b.waiting.push(Waiter {
@@ -143,7 +153,10 @@ pub(super) fn submit(
 /// The root was woken: drain the queue and send what waits.
 pub(super) fn on_wake(queue: u32) {
     while let Ok(Some(_)) = abi::dequeue(queue) {}
-    with(|b| b.wake_pending = false);
+    with(|b| {
+        b.wake_pending = false;
+        b.lost_wakes = 0;
+    });
     flush();
 }
 
@@ -237,7 +250,17 @@ pub(super) fn on_tick() {
         log::warn!("rampart: a sync check got no answer; its requests take failure_mode");
         resolve_all(s.members.into_iter().flatten().collect(), None);
     }
-    // A wake the host lost must not strand requests.
+    // A wake the host lost must not strand requests: they go now, and a host that
+    // keeps losing them stops being asked.
+    with(|b| {
+        if b.wake_pending && now.saturating_sub(b.woken_at_ns) >= LOST_WAKE_NS {
+            b.wake_pending = false;
+            b.lost_wakes += 1;
+            if b.lost_wakes >= LOST_WAKES_TO_GIVE_UP && b.wake.take().is_some() {
+                log::warn!("rampart: this host does not deliver queue wakes; sync checks are sent one per request");
+            }
+        }
+    });
     flush();
 }
 
