@@ -164,7 +164,10 @@ pub(super) fn on_wake(queue: u32) {
 pub(super) fn flush() {
     loop {
         let chunk: Vec<Waiter> = with(|b| {
-            let n = batch_len(b.waiting.iter().map(|w| w.paused.hits()));
+            let n = match b.wake {
+                Some(_) => batch_len(b.waiting.iter().map(|w| w.paused.hits())),
+                None => b.waiting.len().min(1),
+            };
             b.waiting.drain(..n).collect()
         })
         .unwrap_or_default();
@@ -210,7 +213,23 @@ pub(super) fn on_answer(token: u32, num_headers: usize, body_size: usize) -> boo
     let Some(sent) = with(|b| b.in_flight.remove(&token)).flatten() else {
         return false;
     };
-    let body = sidecar::answer_body(num_headers, body_size);
+    let (status, body) = sidecar::answer_parts(num_headers, body_size);
+    if sent.members.len() > 1 && status.as_deref() == Some(b"400".as_slice()) {
+        // A sidecar from before batched checks (a rolling upgrade): it refused the body
+        // and counted nothing. From now on each request makes its own call.
+        if with(|b| b.wake.take()).flatten().is_some() {
+            log::warn!(
+                "rampart: the sidecar does not take batched checks (upgrade it); sync checks are sent one per request"
+            );
+        }
+        for w in sent.members.into_iter().flatten() {
+            let compiled = Rc::clone(&w.compiled);
+            send(&compiled, vec![w]);
+        }
+        flush();
+        return true;
+    }
+    let body = body.filter(|_| status.as_deref() == Some(b"200".as_slice()));
     let answers: Option<Vec<Outcomes>> = body.and_then(|body| match sent.members.len() {
         1 => serde_json::from_slice::<Outcomes>(&body).ok().map(|o| vec![o]),
         n => serde_json::from_slice::<CheckAnswers>(&body)
