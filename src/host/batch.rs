@@ -30,6 +30,13 @@ use crate::wire::{batch_len, join_checks, CheckAnswers, Outcomes};
 /// calls back.
 const GIVE_UP_NS: u64 = 5_000_000_000;
 
+/// Calls one worker keeps in flight. A request that finds them all busy waits for the
+/// next answer and goes in the batch sent then: under load, fewer and fuller calls
+/// leave Envoy's worker more time for requests. Measured (`make bench`, 2 cores): 1 in
+/// flight made batches biggest but made every request wait for the one before; 2 gave
+/// the most throughput with p99 under 1 ms at half of it; 3 and more, as uncapped.
+const MAX_CALLS_IN_FLIGHT: usize = 2;
+
 /// A wake not delivered this long is taken as lost; after `LOST_WAKES_TO_GIVE_UP` in a
 /// row with none delivered between them, this host does not run `on_queue_ready`
 /// (whatever its shared data looked like) and requests go back to one call each.
@@ -119,7 +126,8 @@ pub(super) fn submit(
         let Some(queue) = b.wake else {
             return false;
         };
-        if !b.wake_pending {
+        // No wake while the calls in flight are at the cap: the next answer sends this.
+        if !b.wake_pending && b.in_flight.len() < MAX_CALLS_IN_FLIGHT {
             let status = abi::enqueue(queue, b"w");
             if status != OK {
                 log::warn!(
@@ -164,6 +172,9 @@ pub(super) fn on_wake(queue: u32) {
 pub(super) fn flush() {
     loop {
         let chunk: Vec<Waiter> = with(|b| {
+            if b.wake.is_some() && b.in_flight.len() >= MAX_CALLS_IN_FLIGHT {
+                return Vec::new();
+            }
             let n = match b.wake {
                 Some(_) => batch_len(b.waiting.iter().map(|w| w.paused.hits())),
                 None => b.waiting.len().min(1),
