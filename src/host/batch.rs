@@ -50,6 +50,9 @@ struct Waiter {
     paused: Box<Paused>,
     /// Its own `{"hits": [...]}`.
     body: Vec<u8>,
+    /// When it started waiting: its call gets what is left of `sidecar.timeout`, so no
+    /// request waits longer than that in all.
+    since_ns: u64,
 }
 
 /// What the root decided for a request it resumed, kept until the request's own
@@ -146,6 +149,7 @@ pub(super) fn submit(
                 compiled: Rc::clone(compiled),
                 paused,
                 body,
+                since_ns: now_ns(),
             });
         }
         true
@@ -200,14 +204,26 @@ fn send(compiled: &Compiled, members: Vec<Waiter>) {
         resolve_all(members, None);
         return;
     };
+    let now = now_ns();
+    let waited_ms = members
+        .iter()
+        .map(|w| now.saturating_sub(w.since_ns) / 1_000_000)
+        .max()
+        .unwrap_or(0);
+    let left_ms = sc.timeout_ms.saturating_sub(waited_ms);
+    if left_ms == 0 {
+        // They waited their whole timeout for a free call: the sidecar is too slow.
+        resolve_all(members, None);
+        return;
+    }
     let body = match members.as_slice() {
         [one] => one.body.clone(),
         many => join_checks(many.iter().map(|w| w.body.as_slice())),
     };
-    match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body) {
+    match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body, left_ms) {
         Ok(token) => {
             let sent = Sent {
-                at_ns: now_ns(),
+                at_ns: now,
                 members: members.into_iter().map(Some).collect(),
             };
             with(|b| b.in_flight.insert(token, sent));
@@ -336,6 +352,7 @@ fn resolve(w: Waiter, answer: Option<Outcomes>) {
                 compiled: Rc::clone(&compiled),
                 paused,
                 body,
+                since_ns: now_ns(),
             };
             with(|b| b.waiting.push(again));
         }

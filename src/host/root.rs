@@ -180,7 +180,7 @@ impl RootContext for Root {
             return;
         };
         let body = serde_json::to_vec(&batch).unwrap_or_default();
-        match sidecar::dispatch(sidecar, sidecar::REPORT_PATH, &body) {
+        match sidecar::dispatch(sidecar, sidecar::REPORT_PATH, &body, sidecar.timeout_ms) {
             Ok(token) => self.report = Some((token, now, sent)),
             Err(why) => {
                 log::warn!("rampart: {why}");

@@ -15,9 +15,9 @@ pub const REPORT_PATH: &str = "/v1/report";
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Sends `body` to the sidecar; the answer arrives in `on_http_call_response` with the
-/// returned token. `Err` (logged by the caller) when the host refused the call, e.g. an
-/// unknown upstream cluster.
-pub fn dispatch(sidecar: &Sidecar, path: &str, body: &[u8]) -> Result<u32, String> {
+/// returned token, within `timeout_ms`. `Err` (logged by the caller) when the host
+/// refused the call, e.g. an unknown upstream cluster.
+pub fn dispatch(sidecar: &Sidecar, path: &str, body: &[u8], timeout_ms: u64) -> Result<u32, String> {
     let mut headers = vec![
         (":method", "POST"),
         (":path", path),
@@ -27,7 +27,7 @@ pub fn dispatch(sidecar: &Sidecar, path: &str, body: &[u8]) -> Result<u32, Strin
     if let Some(t) = &sidecar.token {
         headers.push((TOKEN_HEADER, t.as_str()));
     }
-    let timeout = Duration::from_millis(sidecar.timeout_ms);
+    let timeout = Duration::from_millis(timeout_ms);
     hostcalls::dispatch_http_call(&sidecar.upstream, headers, Some(body), Vec::new(), timeout).map_err(|s| {
         format!(
             "dispatch to {:?} refused: {}",

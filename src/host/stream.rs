@@ -130,7 +130,7 @@ impl Stream {
                         }
                         Err(back) => back,
                     };
-                    match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body) {
+                    match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body, sc.timeout_ms) {
                         Ok(token) => {
                             self.paused = Some((token, p));
                             return Action::Pause;

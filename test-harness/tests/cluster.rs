@@ -463,3 +463,39 @@ fn an_older_sidecar_gets_one_request_per_call_and_nothing_fails() {
     );
     assert!(old.single.load(Ordering::SeqCst) >= 64);
 }
+
+#[test]
+fn queued_requests_still_wait_no_longer_than_the_timeout() {
+    let redis = RedisNode::start();
+    // The sidecar waits on Redis longer than the filter waits on the sidecar.
+    let sidecar = Sidecar::start(&["--redis", &redis.url(), "--redis-timeout", "3s"]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&Options::fleet(
+        &keyed("sync", 1_000, "open", Some(10_000), "300ms").to_string(),
+        upstream.port,
+        sidecar.port,
+    ));
+    redis.freeze();
+    // A crowd: some requests wait behind calls in flight before their own is sent. Each
+    // must be answered (by the fallback) within the 300 ms timeout, not a multiple of it.
+    let port = envoy.port;
+    let handles: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                (0..2)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let status = c.get("/", &[("x-api-key", b"queued-key")]).expect("request").status;
+                        (status, t.elapsed())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, Duration)> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
+    redis.thaw();
+    assert!(answers.iter().all(|(s, _)| *s == 200), "fail open: {answers:?}");
+    let slowest = answers.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    assert!(slowest < Duration::from_millis(500), "a request waited {slowest:?}");
+}
