@@ -125,10 +125,12 @@ pub(super) fn submit(
     paused: Box<Paused>,
     body: Vec<u8>,
 ) -> Result<(), (Box<Paused>, Vec<u8>)> {
-    let mut back = Some((paused, body));
-    let queued = with(|b| {
+    // Taken out only when queued: what is left goes back to the caller.
+    let mut request = Some((paused, body));
+    let now = now_ns();
+    with(|b| {
         let Some(queue) = b.wake else {
-            return false;
+            return;
         };
         // No wake while the calls in flight are at the cap: the next answer sends this.
         if !b.wake_pending && b.in_flight.len() < MAX_CALLS_IN_FLIGHT {
@@ -139,28 +141,22 @@ pub(super) fn submit(
                     host_status::describe(status)
                 );
                 b.wake = None;
-                return false;
+                return;
             }
             b.wake_pending = true;
-            b.woken_at_ns = now_ns();
+            b.woken_at_ns = now;
         }
-        if let Some((paused, body)) = back.take() {
+        if let Some((paused, body)) = request.take() {
             b.waiting.push(Waiter {
                 context_id,
                 compiled: Rc::clone(compiled),
                 paused,
                 body,
-                since_ns: now_ns(),
+                since_ns: now,
             });
         }
-        true
     });
-    match (queued, back) {
-        (Some(true), _) => Ok(()),
-        (_, Some(back)) => Err(back),
-        // Unreachable: the request was queued whenever it was taken.
-        (_, None) => Ok(()),
-    }
+    request.map_or(Ok(()), Err)
 }
 
 /// The root was woken: drain the queue and send what waits.
