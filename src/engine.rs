@@ -152,8 +152,6 @@ impl Facts {
 /// A compiled policy plus the per-layer counter tables, ready to check requests.
 pub struct Engine {
     pub policy: Policy,
-    /// The host has no tick to send async reports: async layers ask like sync ones.
-    async_as_sync: bool,
     seed: Seed,
     fleet: FleetKey,
     prefixes: Vec<String>,
@@ -218,16 +216,18 @@ impl Engine {
         let fleet = FleetKey::from_secret(secret);
         Engine {
             policy,
-            async_as_sync: false,
             seed,
             fleet,
             prefixes,
         }
     }
 
-    /// For hosts without a tick (APISIX): async layers could never report.
+    /// For hosts without a tick (APISIX): async layers could never report, so they
+    /// become sync layers, once, here.
     pub fn run_async_as_sync(&mut self) {
-        self.async_as_sync = true;
+        for c in self.policy.layers.iter_mut().filter_map(|l| l.cluster.as_mut()) {
+            c.sync = SyncMode::Sync;
+        }
     }
 
     pub fn worker_state(&self) -> WorkerState {
@@ -357,11 +357,7 @@ impl Engine {
             };
             let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
-            let mode = match layer.sync_mode() {
-                Some(SyncMode::Async) if self.async_as_sync => Some(SyncMode::Sync),
-                other => other,
-            };
-            let decision = match mode {
+            let decision = match layer.sync_mode() {
                 None => {
                     let memory = ws.denials.get(i, slot);
                     match self.charge_local(host, i, slot, memory, &layer.algorithm, limit, burst, now_ns) {
