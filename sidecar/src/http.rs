@@ -100,20 +100,21 @@ impl App {
     /// `/v1/check`: one request's ordered hits, or several requests' (each ordered, all
     /// at once; their hits coalesce with everything else in flight).
     async fn check(&self, req: Request<Incoming>) -> Result<Vec<u8>, Reply> {
-        let body = read_body(req).await?;
-        let check = Check::parse(&body).map_err(|e| {
+        let parsed = match read_body(req).await {
+            Ok(body) => Check::parse(&body).map_err(|e| error(StatusCode::BAD_REQUEST, &e)),
+            Err(too_big) => Err(too_big),
+        };
+        let check = parsed.inspect_err(|_| {
             METRICS.bad_requests.fetch_add(1, Relaxed);
-            error(StatusCode::BAD_REQUEST, &e)
         })?;
+        METRICS.check_calls.fetch_add(1, Relaxed);
         let encoded = match check {
             Check::One(batch) => {
-                METRICS.check_calls.fetch_add(1, Relaxed);
                 METRICS.checked_requests.fetch_add(1, Relaxed);
                 let results = self.engine.check(&batch.hits).await.map_err(unavailable)?;
                 serde_json::to_vec(&Outcomes { results })
             }
             Check::Many(requests) => {
-                METRICS.check_calls.fetch_add(1, Relaxed);
                 METRICS.checked_requests.fetch_add(requests.len() as u64, Relaxed);
                 let answers = join_all(requests.iter().map(|r| self.engine.check(&r.hits))).await;
                 let requests = answers
