@@ -1,5 +1,7 @@
 //! The upstream service behind Envoy: answers 200 "ok" on every path, and holds a
 //! request open for `?hold_ms=N` (bounded) so concurrency limits can be observed.
+//! `Upstream::answering` serves any other answer (a stand-in sidecar, say) from the
+//! same keep-alive HTTP/1.1 loop.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,6 +11,17 @@ use std::time::Duration;
 
 /// Longest hold a test may ask for.
 const MAX_HOLD_MS: u64 = 30_000;
+
+/// What the server answers one request with.
+pub struct Answer {
+    /// Status line after the version, e.g. `"200 OK"`.
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// Computes the answer from the request line and the body.
+type Respond = dyn Fn(&str, &[u8]) -> Answer + Send + Sync;
 
 pub struct Upstream {
     pub port: u16,
@@ -20,6 +33,27 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start() -> Upstream {
+        Upstream::answering(|request_line, _| {
+            let hold_ms = request_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.split_once("hold_ms="))
+                .and_then(|(_, v)| v.split('&').next()?.parse::<u64>().ok())
+                .map_or(0, |ms| ms.min(MAX_HOLD_MS));
+            if hold_ms > 0 {
+                std::thread::sleep(Duration::from_millis(hold_ms));
+            }
+            Answer {
+                status: "200 OK",
+                content_type: "text/plain",
+                body: b"ok\n".to_vec(),
+            }
+        })
+    }
+
+    /// A server whose every answer comes from `respond`.
+    pub fn answering(respond: impl Fn(&str, &[u8]) -> Answer + Send + Sync + 'static) -> Upstream {
+        let respond: Arc<Respond> = Arc::new(respond);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("upstream bind: {e}"));
         let port = listener
             .local_addr()
@@ -35,8 +69,8 @@ impl Upstream {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (s, f) = (Arc::clone(&s), Arc::clone(&f));
-                std::thread::spawn(move || serve(conn, &s, &f));
+                let (s, f, respond) = (Arc::clone(&s), Arc::clone(&f), Arc::clone(&respond));
+                std::thread::spawn(move || serve(conn, &s, &f, &*respond));
             }
         });
         Upstream {
@@ -73,7 +107,7 @@ fn read_line(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Option<()> {
     }
 }
 
-fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64) {
+fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64, respond: &Respond) {
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
     let Ok(mut w) = conn.try_clone() else { return };
@@ -84,12 +118,6 @@ fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64) {
             return;
         }
         let request_line = String::from_utf8_lossy(&line).into_owned();
-        let hold_ms = request_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.split_once("hold_ms="))
-            .and_then(|(_, v)| v.split('&').next()?.parse::<u64>().ok())
-            .map_or(0, |ms| ms.min(MAX_HOLD_MS));
         let mut content_length = 0usize;
         loop {
             if read_line(&mut r, &mut line).is_none() {
@@ -106,21 +134,23 @@ fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64) {
                 }
             }
         }
-        if content_length > 0 {
-            let mut sink = vec![0u8; content_length.min(1 << 20)];
-            if std::io::Read::read_exact(&mut r, &mut sink).is_err() {
-                return;
-            }
+        let mut body = vec![0u8; content_length.min(1 << 20)];
+        if std::io::Read::read_exact(&mut r, &mut body).is_err() {
+            return;
         }
         in_flight.fetch_add(1, Ordering::SeqCst);
-        if hold_ms > 0 {
-            std::thread::sleep(Duration::from_millis(hold_ms));
-        }
+        let answer = respond(&request_line, &body);
         in_flight.fetch_sub(1, Ordering::SeqCst);
         served.fetch_add(1, Ordering::SeqCst);
-        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n")
-            .is_err()
-        {
+        let head = format!(
+            "HTTP/1.1 {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+            answer.status,
+            answer.content_type,
+            answer.body.len()
+        );
+        let mut reply = head.into_bytes();
+        reply.extend_from_slice(&answer.body);
+        if w.write_all(&reply).is_err() {
             return;
         }
     }

@@ -11,7 +11,7 @@ use rampart_test_harness::envoy::{Envoy, Options};
 use rampart_test_harness::http::Client;
 use rampart_test_harness::redis::{RedisCluster, RedisNode};
 use rampart_test_harness::sidecar::Sidecar;
-use rampart_test_harness::upstream::Upstream;
+use rampart_test_harness::upstream::{Answer, Upstream};
 use serde_json::{json, Value};
 
 /// A plugin config with one cluster layer keyed by API key.
@@ -366,71 +366,40 @@ fn clients_leaving_mid_batch_do_not_strand_the_others() {
 /// A sidecar from before batched checks: one request per call; a `requests` body is
 /// refused with 400, as an older sidecar refuses an unknown field.
 struct OldSidecar {
-    port: u16,
+    server: Upstream,
     batched: Arc<AtomicU64>,
     single: Arc<AtomicU64>,
 }
 
 impl OldSidecar {
     fn start() -> OldSidecar {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         let (batched, single) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (b, s) = (Arc::clone(&batched), Arc::clone(&single));
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (b, s) = (Arc::clone(&b), Arc::clone(&s));
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-                    let mut conn = conn;
-                    // Keep-alive: one request after another until the peer closes.
-                    for _ in 0..100_000 {
-                        let mut length = 0usize;
-                        let mut line = String::new();
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            let l = line.trim_end().to_ascii_lowercase();
-                            if l.is_empty() {
-                                break;
-                            }
-                            if let Some(v) = l.strip_prefix("content-length:") {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut body = vec![0u8; length];
-                        if reader.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        let (status, answer) = if body.starts_with(br#"{"requests""#) {
-                            b.fetch_add(1, Ordering::SeqCst);
-                            (
-                                "400 Bad Request",
-                                r#"{"error":"unknown field `requests`, expected `hits`"}"#,
-                            )
-                        } else {
-                            s.fetch_add(1, Ordering::SeqCst);
-                            (
-                                "200 OK",
-                                r#"{"results":[{"allowed":true,"limit":1000,"remaining":999,"reset_ms":60000,"retry_after_ms":0}]}"#,
-                            )
-                        };
-                        let reply = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                            answer.len()
-                        );
-                        if conn.write_all(reply.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
+        let server = Upstream::answering(move |_, body| {
+            let (status, answer) = if body.starts_with(br#"{"requests""#) {
+                b.fetch_add(1, Ordering::SeqCst);
+                (
+                    "400 Bad Request",
+                    r#"{"error":"unknown field `requests`, expected `hits`"}"#,
+                )
+            } else {
+                s.fetch_add(1, Ordering::SeqCst);
+                (
+                    "200 OK",
+                    r#"{"results":[{"allowed":true,"limit":1000,"remaining":999,"reset_ms":60000,"retry_after_ms":0}]}"#,
+                )
+            };
+            Answer {
+                status,
+                content_type: "application/json",
+                body: answer.as_bytes().to_vec(),
             }
         });
-        OldSidecar { port, batched, single }
+        OldSidecar {
+            server,
+            batched,
+            single,
+        }
     }
 }
 
@@ -441,7 +410,7 @@ fn an_older_sidecar_gets_one_request_per_call_and_nothing_fails() {
     let envoy = Envoy::start(&Options::fleet(
         &keyed("sync", 1_000, "closed", None, "1s").to_string(),
         upstream.port,
-        old.port,
+        old.server.port,
     ));
     // Crowds until a batch has been tried (bounded); every request is still admitted.
     for _ in 0..10 {
