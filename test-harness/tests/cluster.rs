@@ -260,16 +260,20 @@ fn sidecar_counter(sidecar: &Sidecar, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
-/// `threads` clients, each sending `each` requests with `key` to one gateway at once.
-fn crowd(envoy: &Envoy, key: &'static str, threads: usize, each: usize) -> Vec<u16> {
+/// `threads` clients, each sending `each` requests with `key` to the gateway on `port`
+/// at once; every answer's status and how long it took.
+fn crowd(port: u16, key: &'static str, threads: usize, each: usize) -> Vec<(u16, Duration)> {
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let port = envoy.port;
             std::thread::spawn(move || {
                 let mut c = Client::new(port);
                 (0..each)
-                    .map(|_| c.get("/", &[("x-api-key", key.as_bytes())]).expect("request").status)
-                    .collect::<Vec<u16>>()
+                    .map(|_| {
+                        let t = Instant::now();
+                        let status = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request").status;
+                        (status, t.elapsed())
+                    })
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -277,6 +281,11 @@ fn crowd(envoy: &Envoy, key: &'static str, threads: usize, each: usize) -> Vec<u
         .into_iter()
         .flat_map(|h| h.join().expect("client thread"))
         .collect()
+}
+
+/// Just the statuses of a `crowd`.
+fn crowd_statuses(port: u16, key: &'static str, threads: usize, each: usize) -> Vec<u16> {
+    crowd(port, key, threads, each).into_iter().map(|(s, _)| s).collect()
 }
 
 #[test]
@@ -292,7 +301,7 @@ fn concurrent_sync_checks_are_batched_and_stay_exact() {
             sidecar.port,
         )
     });
-    let statuses = crowd(&envoy, "crowded-key", 48, 5);
+    let statuses = crowd_statuses(envoy.port, "crowded-key", 48, 5);
     let admitted = statuses.iter().filter(|&&s| s == 200).count();
     assert_eq!(admitted, 100, "240 concurrent requests, limit 100: {statuses:?}");
     assert!(statuses.iter().all(|&s| s == 200 || s == 429), "{statuses:?}");
@@ -309,11 +318,7 @@ fn clients_leaving_mid_batch_do_not_strand_the_others() {
     let redis = RedisNode::start();
     let sidecar = Sidecar::start(&["--redis", &redis.url(), "--redis-timeout", "1500ms"]);
     let upstream = Upstream::start();
-    let envoy = Envoy::start(&Options::fleet(
-        &keyed("sync", 1_000, "closed", None, "2s").to_string(),
-        upstream.port,
-        sidecar.port,
-    ));
+    let envoy = &gateways(1, &keyed("sync", 1_000, "closed", None, "2s"), &upstream, &sidecar)[0];
     // Redis frozen: every check waits in a batch. Half of the clients hang up while
     // theirs wait; the rest must still get their answer once Redis is back.
     redis.freeze();
@@ -330,21 +335,7 @@ fn clients_leaving_mid_batch_do_not_strand_the_others() {
             })
         })
         .collect();
-    let stayers = std::thread::spawn(move || {
-        let handles: Vec<_> = (0..12)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    Client::new(port)
-                        .get("/", &[("x-api-key", b"staying-key")])
-                        .map(|r| r.status)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client"))
-            .collect::<Vec<_>>()
-    });
+    let stayers = std::thread::spawn(move || crowd_statuses(port, "staying-key", 12, 1));
     for l in leavers {
         l.join().expect("leaver");
     }
@@ -354,7 +345,7 @@ fn clients_leaving_mid_batch_do_not_strand_the_others() {
     let answers = stayers.join().expect("stayers");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        answers.iter().all(|a| matches!(a, Ok(200))),
+        answers.iter().all(|&s| s == 200),
         "every remaining client is answered: {answers:?}"
     );
     // And the gateway goes on as before.
@@ -414,7 +405,7 @@ fn an_older_sidecar_gets_one_request_per_call_and_nothing_fails() {
     ));
     // Crowds until a batch has been tried (bounded); every request is still admitted.
     for _ in 0..10 {
-        let statuses = crowd(&envoy, "upgrading-key", 32, 2);
+        let statuses = crowd_statuses(envoy.port, "upgrading-key", 32, 2);
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
         if old.batched.load(Ordering::SeqCst) > 0 {
             break;
@@ -423,7 +414,7 @@ fn an_older_sidecar_gets_one_request_per_call_and_nothing_fails() {
     let tried = old.batched.load(Ordering::SeqCst);
     assert!(tried > 0, "no batch was ever sent");
     // From then on, one request per call.
-    let statuses = crowd(&envoy, "upgrading-key", 32, 2);
+    let statuses = crowd_statuses(envoy.port, "upgrading-key", 32, 2);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     assert_eq!(
         old.batched.load(Ordering::SeqCst),
@@ -439,30 +430,16 @@ fn queued_requests_still_wait_no_longer_than_the_timeout() {
     // The sidecar waits on Redis longer than the filter waits on the sidecar.
     let sidecar = Sidecar::start(&["--redis", &redis.url(), "--redis-timeout", "3s"]);
     let upstream = Upstream::start();
-    let envoy = Envoy::start(&Options::fleet(
-        &keyed("sync", 1_000, "open", Some(10_000), "300ms").to_string(),
-        upstream.port,
-        sidecar.port,
-    ));
+    let envoy = &gateways(
+        1,
+        &keyed("sync", 1_000, "open", Some(10_000), "300ms"),
+        &upstream,
+        &sidecar,
+    )[0];
     redis.freeze();
     // A crowd: some requests wait behind calls in flight before their own is sent. Each
     // must be answered (by the fallback) within the 300 ms timeout, not a multiple of it.
-    let port = envoy.port;
-    let handles: Vec<_> = (0..32)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut c = Client::new(port);
-                (0..2)
-                    .map(|_| {
-                        let t = Instant::now();
-                        let status = c.get("/", &[("x-api-key", b"queued-key")]).expect("request").status;
-                        (status, t.elapsed())
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let answers: Vec<(u16, Duration)> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
+    let answers = crowd(envoy.port, "queued-key", 32, 2);
     redis.thaw();
     assert!(answers.iter().all(|(s, _)| *s == 200), "fail open: {answers:?}");
     let slowest = answers.iter().map(|(_, d)| *d).max().unwrap_or_default();
