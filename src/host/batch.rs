@@ -253,7 +253,6 @@ pub(super) fn on_answer(token: u32, num_headers: usize, body_size: usize) -> boo
         flush();
         return true;
     }
-    let body = body.filter(|_| status.as_deref() == Some(b"200".as_slice()));
     let answers: Option<Vec<Outcomes>> = body.and_then(|body| match sent.members.len() {
         1 => serde_json::from_slice::<Outcomes>(&body).ok().map(|o| vec![o]),
         n => serde_json::from_slice::<CheckAnswers>(&body)

@@ -46,14 +46,11 @@ pub fn answer(num_headers: usize, body_size: usize) -> Option<Outcomes> {
 
 /// The body of a successful (200) sidecar answer; `None` for every kind of failure.
 pub fn answer_body(num_headers: usize, body_size: usize) -> Option<Vec<u8>> {
-    match answer_parts(num_headers, body_size) {
-        (Some(status), body) if status == b"200" => body,
-        _ => None,
-    }
+    answer_parts(num_headers, body_size).1
 }
 
-/// The status and body of an answer; `(None, None)` when the call failed (timeout,
-/// connection refused: the host reports zero headers).
+/// An answer's status, and its body when the status is 200; `(None, None)` when the
+/// call failed (timeout, connection refused: the host reports zero headers).
 pub fn answer_parts(num_headers: usize, body_size: usize) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     if num_headers == 0 {
         return (None, None);
@@ -61,6 +58,9 @@ pub fn answer_parts(num_headers: usize, body_size: usize) -> (Option<Vec<u8>>, O
     let status = abi::header(abi::MAP_HTTP_CALL_RESPONSE_HEADERS, ":status")
         .ok()
         .flatten();
+    if status.as_deref() != Some(b"200".as_slice()) {
+        return (status, None);
+    }
     let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size.min(MAX_ANSWER_BYTES))
         .ok()
         .flatten();
