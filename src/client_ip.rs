@@ -75,9 +75,28 @@ fn xff_entry(xff: &[u8], trusted_hops: u32) -> Option<IpAddr> {
 }
 
 /// Resolves the client address for a request.
-pub fn resolve(source: IpSource, ipv6_prefix: u8, peer: Option<&[u8]>, xff: Option<&[u8]>) -> Option<ClientIp> {
+///
+/// `xff_ends_with_peer`: the proxy appended the connecting peer to X-Forwarded-For before
+/// the filter saw it (Envoy with `use_remote_address`). Where it did not (Kong, APISIX
+/// pass the header as received), the peer counts as that last entry, so one
+/// `trusted_hops` means the same on every host: the number of trusted proxies in front.
+pub fn resolve(
+    source: IpSource,
+    ipv6_prefix: u8,
+    peer: Option<&[u8]>,
+    xff: Option<&[u8]>,
+    xff_ends_with_peer: bool,
+) -> Option<ClientIp> {
     let from_xff = match source {
-        IpSource::Xff { trusted_hops } => xff.and_then(|x| xff_entry(x, trusted_hops)),
+        IpSource::Xff { trusted_hops } => {
+            let hops = if xff_ends_with_peer {
+                Some(trusted_hops)
+            } else {
+                // 0 trusted proxies: the peer itself is the client.
+                trusted_hops.checked_sub(1)
+            };
+            hops.and_then(|h| xff.and_then(|x| xff_entry(x, h)))
+        }
         IpSource::Peer => None,
     };
     let ip = from_xff.or_else(|| peer.and_then(parse_addr))?;
@@ -96,11 +115,11 @@ mod tests {
 
     #[test]
     fn peer_strips_port() {
-        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3:55012"), None).map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3:55012"), None, true).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("10.1.2.3")));
-        let got = resolve(IpSource::Peer, 128, Some(b"[2001:db8::7]:443"), None).map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 128, Some(b"[2001:db8::7]:443"), None, true).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("2001:db8::7")));
-        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3"), None).map(|c| c.as_bytes().to_vec());
+        let got = resolve(IpSource::Peer, 64, Some(b"10.1.2.3"), None, true).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("10.1.2.3")));
     }
 
@@ -108,39 +127,53 @@ mod tests {
     fn xff_ignores_spoofed_left_entries() {
         let src = IpSource::Xff { trusted_hops: 0 };
         let xff = b"6.6.6.6, 7.7.7.7, 203.0.113.9";
-        let got = resolve(src, 64, Some(b"127.0.0.1:1"), Some(xff)).map(|c| c.as_bytes().to_vec());
+        let got = resolve(src, 64, Some(b"127.0.0.1:1"), Some(xff), true).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("203.0.113.9")));
         let src = IpSource::Xff { trusted_hops: 1 };
-        let got = resolve(src, 64, Some(b"127.0.0.1:1"), Some(xff)).map(|c| c.as_bytes().to_vec());
+        let got = resolve(src, 64, Some(b"127.0.0.1:1"), Some(xff), true).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("7.7.7.7")));
+    }
+
+    #[test]
+    fn where_the_host_did_not_append_the_peer_it_counts_as_the_last_entry() {
+        let xff = b"6.6.6.6, 203.0.113.9";
+        let peer = Some(&b"192.0.2.1"[..]);
+        let at = |hops, appended| {
+            resolve(IpSource::Xff { trusted_hops: hops }, 64, peer, Some(xff), appended).map(|c| c.as_bytes().to_vec())
+        };
+        assert_eq!(at(0, false), Some(ip("192.0.2.1")), "no trusted proxy: the peer");
+        assert_eq!(at(1, false), Some(ip("203.0.113.9")));
+        assert_eq!(at(1, true), Some(ip("6.6.6.6")));
+        assert_eq!(at(2, false), Some(ip("6.6.6.6")));
+        assert_eq!(at(3, false), Some(ip("192.0.2.1")), "too short: the peer");
     }
 
     #[test]
     fn short_or_garbage_xff_falls_back_to_peer() {
         let src = IpSource::Xff { trusted_hops: 2 };
-        let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(b"1.1.1.1")).map(|c| c.as_bytes().to_vec());
+        let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(b"1.1.1.1"), true).map(|c| c.as_bytes().to_vec());
         assert_eq!(got, Some(ip("192.0.2.1")));
         let src = IpSource::Xff { trusted_hops: 0 };
         for junk in [&b"not-an-ip"[..], b"", b",,,", b"\xff\xfe", b"1.2.3.4\r\nx: y"] {
-            let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(junk)).map(|c| c.as_bytes().to_vec());
+            let got = resolve(src, 64, Some(b"192.0.2.1:9"), Some(junk), true).map(|c| c.as_bytes().to_vec());
             assert_eq!(got, Some(ip("192.0.2.1")), "{junk:?}");
         }
     }
 
     #[test]
     fn ipv6_is_grouped_by_prefix_and_mapped_v4_is_v4() {
-        let a = resolve(IpSource::Peer, 64, Some(b"[2001:db8:1:2::1]:1"), None);
-        let b = resolve(IpSource::Peer, 64, Some(b"[2001:db8:1:2:ffff::9]:1"), None);
-        let c = resolve(IpSource::Peer, 64, Some(b"[2001:db8:1:3::1]:1"), None);
+        let a = resolve(IpSource::Peer, 64, Some(b"[2001:db8:1:2::1]:1"), None, true);
+        let b = resolve(IpSource::Peer, 64, Some(b"[2001:db8:1:2:ffff::9]:1"), None, true);
+        let c = resolve(IpSource::Peer, 64, Some(b"[2001:db8:1:3::1]:1"), None, true);
         assert_eq!(a, b);
         assert_ne!(a, c);
-        let m = resolve(IpSource::Peer, 64, Some(b"[::ffff:10.0.0.1]:1"), None);
+        let m = resolve(IpSource::Peer, 64, Some(b"[::ffff:10.0.0.1]:1"), None, true);
         assert_eq!(m.map(|c| c.as_bytes().to_vec()), Some(ip("10.0.0.1")));
     }
 
     #[test]
     fn no_address_at_all() {
-        assert_eq!(resolve(IpSource::Peer, 64, None, None), None);
-        assert_eq!(resolve(IpSource::Peer, 64, Some(b"garbage"), None), None);
+        assert_eq!(resolve(IpSource::Peer, 64, None, None, true), None);
+        assert_eq!(resolve(IpSource::Peer, 64, Some(b"garbage"), None, true), None);
     }
 }

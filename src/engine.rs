@@ -42,9 +42,12 @@ pub enum Event {
     Flagged,
     /// Refused with 403: the key is revoked, or blocked for too many clients.
     Denied,
+    /// The layer's key needs the client address and the host gave none: the layer did
+    /// not apply to this request.
+    NoClientIp,
 }
 
-pub const EVENTS: [Event; 8] = [
+pub const EVENTS: [Event; 9] = [
     Event::Allowed,
     Event::Rejected,
     Event::ShadowRejected,
@@ -53,6 +56,7 @@ pub const EVENTS: [Event; 8] = [
     Event::FailOpen,
     Event::Flagged,
     Event::Denied,
+    Event::NoClientIp,
 ];
 
 impl Event {
@@ -66,6 +70,7 @@ impl Event {
             Event::FailOpen => "fail_open",
             Event::Flagged => "flagged",
             Event::Denied => "denied",
+            Event::NoClientIp => "no_client_ip",
         }
     }
 
@@ -137,14 +142,20 @@ impl Facts {
         self.method.get_or_insert_with(|| host.header(":method")).as_deref()
     }
 
-    fn ip<H: Host>(&mut self, host: &mut H, source: IpSource, ipv6_prefix: u8) -> Option<ClientIp> {
+    fn ip<H: Host>(&mut self, host: &mut H, policy: &Policy, xff_ends_with_peer: bool) -> Option<ClientIp> {
         *self.ip.get_or_insert_with(|| {
             let peer = host.peer_address();
-            let xff = match source {
+            let xff = match policy.ip_source {
                 IpSource::Xff { .. } => host.header("x-forwarded-for"),
                 IpSource::Peer => None,
             };
-            client_ip::resolve(source, ipv6_prefix, peer.as_deref(), xff.as_deref())
+            client_ip::resolve(
+                policy.ip_source,
+                policy.ipv6_prefix,
+                peer.as_deref(),
+                xff.as_deref(),
+                xff_ends_with_peer,
+            )
         })
     }
 }
@@ -155,6 +166,8 @@ pub struct Engine {
     seed: Seed,
     fleet: FleetKey,
     prefixes: Vec<String>,
+    /// Whether the host appended the peer to X-Forwarded-For (see `client_ip::resolve`).
+    pub xff_ends_with_peer: bool,
 }
 
 /// What one worker keeps between requests.
@@ -219,6 +232,7 @@ impl Engine {
             seed,
             fleet,
             prefixes,
+            xff_ends_with_peer: true,
         }
     }
 
@@ -344,7 +358,7 @@ impl Engine {
             if !self.matches(layer, &mut p.facts, host) {
                 continue;
             }
-            let Some(parts) = self.key_parts(layer, &mut p.facts, host) else {
+            let Some(parts) = self.key_parts(i, layer, &mut p.facts, host) else {
                 if layer.deny_missing {
                     return Step::Done(self.reject_missing(i, layer, host, &mut p.held));
                 }
@@ -515,7 +529,7 @@ impl Engine {
     /// The client tag and distinct-client rule for a layer with `max_ips_per_key`.
     fn client<H: Host>(&self, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<(String, Distinct)> {
         let rule = layer.cluster.as_ref()?.distinct?;
-        let ip = facts.ip(host, self.policy.ip_source, self.policy.ipv6_prefix)?;
+        let ip = facts.ip(host, &self.policy, self.xff_ends_with_peer)?;
         Some((self.fleet.client_tag(ip.as_bytes()), rule))
     }
 
@@ -604,17 +618,23 @@ impl Engine {
     }
 
     /// The layer's key parts for this request, tagged; `None` when a part is missing.
-    fn key_parts<H: Host>(&self, layer: &Layer, facts: &mut Facts, host: &mut H) -> Option<Vec<(u8, Vec<u8>)>> {
+    fn key_parts<H: Host>(
+        &self,
+        i: usize,
+        layer: &Layer,
+        facts: &mut Facts,
+        host: &mut H,
+    ) -> Option<Vec<(u8, Vec<u8>)>> {
         let mut parts = Vec::with_capacity(layer.key.len());
         for part in &layer.key {
             parts.push(match part {
-                KeyPart::Ip => (
-                    1,
-                    facts
-                        .ip(host, self.policy.ip_source, self.policy.ipv6_prefix)?
-                        .as_bytes()
-                        .to_vec(),
-                ),
+                KeyPart::Ip => match facts.ip(host, &self.policy, self.xff_ends_with_peer) {
+                    Some(ip) => (1, ip.as_bytes().to_vec()),
+                    None => {
+                        host.count(i, Event::NoClientIp);
+                        return None;
+                    }
+                },
                 KeyPart::Global => (2, Vec::new()),
                 KeyPart::Route => (3, Vec::new()),
                 KeyPart::Header(name) => (4, host.header(name).filter(|v| !v.is_empty())?),

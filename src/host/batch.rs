@@ -237,8 +237,8 @@ pub(super) fn on_answer(token: u32, num_headers: usize, body_size: usize) -> boo
     let Some(sent) = with(|b| b.in_flight.remove(&token)).flatten() else {
         return false;
     };
-    let (status, body) = sidecar::answer_parts(num_headers, body_size);
-    if sent.members.len() > 1 && status.as_deref() == Some(b"400".as_slice()) {
+    let reply = sidecar::reply(num_headers, body_size);
+    if sent.members.len() > 1 && reply.status.as_deref() == Some(b"400".as_slice()) {
         // A sidecar from before batched checks (a rolling upgrade): it refused the body
         // and counted nothing. From now on each request makes its own call.
         if with(|b| b.wake.take()).flatten().is_some() {
@@ -253,7 +253,7 @@ pub(super) fn on_answer(token: u32, num_headers: usize, body_size: usize) -> boo
         flush();
         return true;
     }
-    let answers: Option<Vec<Outcomes>> = body.and_then(|body| match sent.members.len() {
+    let answers: Option<Vec<Outcomes>> = reply.body.and_then(|body| match sent.members.len() {
         1 => serde_json::from_slice::<Outcomes>(&body).ok().map(|o| vec![o]),
         n => serde_json::from_slice::<CheckAnswers>(&body)
             .ok()
@@ -336,7 +336,7 @@ fn resolve(w: Waiter, answer: Option<Outcomes>) {
     drop(worker);
     match step {
         Step::Done(verdict) => {
-            let (action, finished) = stream::conclude(verdict);
+            let (action, finished) = stream::conclude(verdict, compiled.reply_details, true);
             if action == Action::Continue {
                 let _ = abi::continue_request();
             }

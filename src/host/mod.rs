@@ -4,6 +4,7 @@
 mod abi;
 mod batch;
 mod logger;
+mod peer;
 mod root;
 mod shared;
 mod sidecar;
@@ -48,6 +49,10 @@ struct Compiled {
     /// Shortest `sync_interval` of the async layers, if any.
     report_every_ns: Option<u64>,
     shared: SharedData,
+    peer: peer::PeerAddress,
+    /// `details` of local replies: Envoy logs them as response code details, Kong's
+    /// engine makes them the reason phrase ("429 rampart"), so they are empty there.
+    reply_details: &'static str,
 }
 
 impl Compiled {
@@ -89,7 +94,7 @@ impl Host for Hostcalls<'_> {
     }
 
     fn peer_address(&mut self) -> Option<Vec<u8>> {
-        abi::property(&["source", "address"]).ok().flatten()
+        self.compiled.peer.read()
     }
 
     fn shared_get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {

@@ -51,7 +51,7 @@ impl Context for Root {
             return;
         }
         let Some(c) = self.compiled.clone() else { return };
-        let answer = sidecar::answer(num_headers, body_size);
+        let answer = sidecar::reply(num_headers, body_size).outcomes();
         let Ok(mut w) = c.worker.try_borrow_mut() else { return };
         note_sidecar(&mut w, answer.is_some());
         w.views
@@ -114,13 +114,21 @@ impl RootContext for Root {
                 engine.run_async_as_sync();
             }
         }
+        // Blind writes that replace tell proxy-wasm-cpp-host (Envoy) apart from Kong's
+        // engine; a host without shared data at all is api7/wasm-nginx-module (APISIX),
+        // whose properties are nginx variables.
+        let cpp_host = shared.blind_writes_replace();
+        let nginx_variables = matches!(shared, SharedData::Local { .. });
+        // Envoy (use_remote_address) appends the peer to X-Forwarded-For; the nginx
+        // hosts hand the filter the header as the client sent it.
+        engine.xff_ends_with_peer = cpp_host;
         if engine
             .policy
             .layers
             .iter()
             .any(|l| l.sync_mode() == Some(SyncMode::Sync))
             && ticks
-            && shared.blind_writes_replace()
+            && cpp_host
         {
             if let Some(name) = wake_queue_name() {
                 batch::enable(self.id, &name);
@@ -142,6 +150,8 @@ impl RootContext for Root {
             pending: RefCell::new(pending),
             report_every_ns,
             shared,
+            peer: super::peer::PeerAddress::new(nginx_variables),
+            reply_details: if cpp_host { "rampart" } else { "" },
         }));
         true
     }

@@ -37,32 +37,48 @@ pub fn dispatch(sidecar: &Sidecar, path: &str, body: &[u8], timeout_ms: u64) -> 
     })
 }
 
-/// Reads a sidecar answer. `None` for every kind of failure: no response (timeout,
-/// connection refused: the host reports zero headers), a non-200 status, a body that
-/// does not parse. The caller's `failure_mode` decides what clients see.
-pub fn answer(num_headers: usize, body_size: usize) -> Option<Outcomes> {
-    serde_json::from_slice(&answer_body(num_headers, body_size)?).ok()
+/// How a call to the sidecar ended.
+pub struct Reply {
+    /// The answer's HTTP status; `None` when no answer came (timeout, refused
+    /// connection: Envoy reports zero headers, Kong a `:dispatch_status`).
+    pub status: Option<Vec<u8>>,
+    /// The body of a 200 answer.
+    pub body: Option<Vec<u8>>,
+    /// The host named the failure itself in a `:dispatch_status` pseudo-header (Kong's
+    /// engine: "timeout", "broken connection", ...).
+    pub engine_failure: bool,
 }
 
-/// The body of a successful (200) sidecar answer; `None` for every kind of failure.
-pub fn answer_body(num_headers: usize, body_size: usize) -> Option<Vec<u8>> {
-    answer_parts(num_headers, body_size).1
+impl Reply {
+    /// The check or report outcomes; `None` for every kind of failure: no answer, a
+    /// non-200 status, a body that does not parse. The caller's `failure_mode` decides
+    /// what clients see.
+    pub fn outcomes(&self) -> Option<Outcomes> {
+        serde_json::from_slice(self.body.as_deref()?).ok()
+    }
 }
 
-/// An answer's status, and its body when the status is 200; `(None, None)` when the
-/// call failed (timeout, connection refused: the host reports zero headers).
-pub fn answer_parts(num_headers: usize, body_size: usize) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-    if num_headers == 0 {
-        return (None, None);
+/// Reads what came back for the call being answered.
+pub fn reply(num_headers: usize, body_size: usize) -> Reply {
+    let mut reply = Reply {
+        status: None,
+        body: None,
+        engine_failure: false,
+    };
+    let header = |name| abi::header(abi::MAP_HTTP_CALL_RESPONSE_HEADERS, name).ok().flatten();
+    if num_headers > 0 {
+        reply.status = header(":status");
     }
-    let status = abi::header(abi::MAP_HTTP_CALL_RESPONSE_HEADERS, ":status")
-        .ok()
-        .flatten();
-    if status.as_deref() != Some(b"200".as_slice()) {
-        return (status, None);
+    if reply.status.is_none() {
+        // Kong's engine reports a failed call with zero headers in the callback's
+        // arguments, yet answers `:dispatch_status` when asked.
+        reply.engine_failure = header(":dispatch_status").is_some();
+        return reply;
     }
-    let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size.min(MAX_ANSWER_BYTES))
-        .ok()
-        .flatten();
-    (status, body)
+    if reply.status.as_deref() == Some(b"200".as_slice()) {
+        reply.body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size.min(MAX_ANSWER_BYTES))
+            .ok()
+            .flatten();
+    }
+    reply
 }

@@ -25,7 +25,14 @@ pub(super) struct Stream {
 
 /// Carries out a final verdict for the request of the current (or effective) context:
 /// sends the rejection, or says to continue. Returns what the stream keeps.
-pub(super) fn conclude(verdict: Verdict) -> (Action, Finished) {
+///
+/// `with_body: false` sends a rejection without its JSON body (status and headers
+/// intact). Kong's engine (ngx_wasm_module at 3bed278) loses the whole reply when a
+/// call that failed while waiting for its answer had a request body: the call's body
+/// buffer is recycled into the reply and then marked consumed ("zero size buf in
+/// writer"), and the client sees its connection closed. A reply without a body takes
+/// no buffer, so it arrives.
+pub(super) fn conclude(verdict: Verdict, details: &str, with_body: bool) -> (Action, Finished) {
     let mut finished = Finished {
         response_headers: Vec::new(),
         held: verdict.held,
@@ -34,8 +41,14 @@ pub(super) fn conclude(verdict: Verdict) -> (Action, Finished) {
         finished.response_headers = verdict.response_headers;
         return (Action::Continue, finished);
     };
-    let headers: Vec<(&str, &str)> = rejection.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let status = abi::send_local_response(rejection.status, "rampart", rejection.body.as_bytes(), &headers);
+    let headers: Vec<(&str, &str)> = rejection
+        .headers
+        .iter()
+        .filter(|(n, _)| with_body || *n != "content-type")
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    let body = if with_body { rejection.body.as_bytes() } else { b"" };
+    let status = abi::send_local_response(rejection.status, details, body, &headers);
     if status != OK {
         // The host could not answer for us; letting the request through is the only
         // way that does not hang the client.
@@ -91,7 +104,13 @@ impl Stream {
     /// Runs the engine one step: `Pause` while the sidecar is asked, `Continue` when
     /// admitted, `Pause` after sending a rejection. `resumed` is true when the request
     /// was paused before and must be continued explicitly.
-    fn step(&mut self, answer: Option<(Box<Paused>, Option<crate::wire::Outcomes>)>, resumed: bool) -> Action {
+    /// `with_body: false` after a call the host failed itself (see `conclude`).
+    fn step(
+        &mut self,
+        answer: Option<(Box<Paused>, Option<crate::wire::Outcomes>)>,
+        resumed: bool,
+        with_body: bool,
+    ) -> Action {
         let compiled = Rc::clone(&self.compiled);
         let mut host = Hostcalls { compiled: &compiled };
         let Ok(mut worker) = compiled.worker.try_borrow_mut() else {
@@ -110,7 +129,7 @@ impl Stream {
             match step {
                 Step::Done(verdict) => {
                     drop(worker);
-                    let (action, finished) = conclude(verdict);
+                    let (action, finished) = conclude(verdict, compiled.reply_details, with_body);
                     self.held = finished.held;
                     self.response_headers = finished.response_headers;
                     return match action {
@@ -165,14 +184,14 @@ impl Context for Stream {
             self.paused = Some((expected, p));
             return;
         }
-        let answer = sidecar::answer(num_headers, body_size);
-        self.step(Some((p, answer)), true);
+        let reply = sidecar::reply(num_headers, body_size);
+        self.step(Some((p, reply.outcomes())), true, !reply.engine_failure);
     }
 }
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        self.step(None, false)
+        self.step(None, false, true)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {

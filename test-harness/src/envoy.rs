@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::http::{get_once, Client};
+pub use crate::process::StartFailure;
 use crate::process::{free_port, port_open, wait_for, Guard, TempDir};
 use crate::{project_file, rampart_wasm, read_project_file};
 
@@ -80,13 +81,6 @@ pub struct Envoy {
     pub guard: Guard,
     log_path: PathBuf,
     _dir: TempDir,
-}
-
-/// Envoy exited before becoming ready; its log says why.
-#[derive(Debug)]
-pub struct StartFailure {
-    pub exit_code: Option<i32>,
-    pub log: String,
 }
 
 fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {

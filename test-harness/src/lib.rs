@@ -6,7 +6,9 @@
 //! when its handle drops.
 
 pub mod envoy;
+pub mod gateway;
 pub mod http;
+pub mod nginx;
 pub mod process;
 pub mod redis;
 pub mod sidecar;

@@ -5,6 +5,13 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// A proxy exited (or gave up) before becoming ready; its log says why.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,7 +1,11 @@
 #![allow(dead_code)]
 //! Shared setup for the end-to-end tests.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
 use rampart_test_harness::envoy::{Envoy, Options};
+use rampart_test_harness::gateway::{self, Gateway, Proxy};
+use rampart_test_harness::http::Client;
 use rampart_test_harness::upstream::Upstream;
 use serde_json::Value;
 
@@ -23,4 +27,36 @@ pub fn stack(plugin: &Value, workers: u32) -> Stack {
 pub fn example(name: &str) -> Value {
     let text = rampart_test_harness::read_project_file(&format!("filters/examples/{name}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("filters/examples/{name}: {e}"))
+}
+
+/// Runs `case` on every proxy available here (Envoy; Kong's and APISIX's engines when
+/// `../shared` has them), one after the other, naming the proxy when it fails.
+pub fn on_every_proxy(case: impl Fn(Proxy)) {
+    for proxy in gateway::proxies() {
+        if let Err(e) = catch_unwind(AssertUnwindSafe(|| case(proxy))) {
+            eprintln!("--- the case above failed on {}", proxy.traits().name);
+            resume_unwind(e);
+        }
+    }
+}
+
+/// One gateway of `proxy` in front of its own upstream.
+pub struct Single {
+    pub gateway: Gateway,
+    pub upstream: Upstream,
+}
+
+pub fn single(proxy: Proxy, plugin: &Value, workers: u32) -> Single {
+    let upstream = Upstream::start();
+    let gateway = Gateway::start(proxy, &gateway::Options::new(plugin, upstream.port).workers(workers));
+    Single { gateway, upstream }
+}
+
+/// Sends `n` GETs on one connection and returns the status codes.
+pub fn statuses(c: &mut Client, path: &str, headers: &[(&str, &[u8])], n: usize) -> Vec<u16> {
+    (0..n).map(|_| c.get(path, headers).expect("request").status).collect()
+}
+
+pub fn count(v: &[u16], status: u16) -> usize {
+    v.iter().filter(|s| **s == status).count()
 }
