@@ -152,6 +152,7 @@ impl RootContext for Root {
             shared,
             peer: super::peer::PeerAddress::new(nginx_variables),
             reply_details: if cpp_host { "rampart" } else { "" },
+            close_after_call: !cpp_host && !nginx_variables,
         }));
         true
     }

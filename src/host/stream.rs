@@ -21,6 +21,8 @@ pub(super) struct Stream {
     paused: Option<(u32, Box<Paused>)>,
     /// Handed to this worker's batcher: the root resumes it and leaves a `Finished`.
     batched: bool,
+    /// This request made an HTTP call of its own (see `Compiled::close_after_call`).
+    called: bool,
 }
 
 /// Carries out a final verdict for the request of the current (or effective) context:
@@ -70,6 +72,7 @@ impl Stream {
             held: Vec::new(),
             paused: None,
             batched: false,
+            called: false,
         }
     }
 
@@ -151,6 +154,7 @@ impl Stream {
                     };
                     match sidecar::dispatch(sc, sidecar::CHECK_PATH, &body, sc.timeout_ms) {
                         Ok(token) => {
+                            self.called = true;
                             self.paused = Some((token, p));
                             return Action::Pause;
                         }
@@ -198,6 +202,9 @@ impl HttpContext for Stream {
         self.collect();
         for (name, value) in &self.response_headers {
             let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, name, value);
+        }
+        if self.called && self.compiled.close_after_call {
+            let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, "connection", "close");
         }
         Action::Continue
     }

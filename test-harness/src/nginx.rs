@@ -366,5 +366,11 @@ impl Drop for Nginx {
         signal(&format!("-{pid}"), "KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A worker that crashed is a failure whatever the clients saw (nginx starts a
+        // new one, so a test could pass over it).
+        let log = self.log();
+        if !std::thread::panicking() && log.contains("exited on signal") {
+            panic!("a {} worker crashed:\n{log}", self.engine.name());
+        }
     }
 }

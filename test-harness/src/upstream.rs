@@ -1,7 +1,8 @@
 //! The upstream service behind Envoy: answers 200 "ok" on every path, and holds a
 //! request open for `?hold_ms=N` (bounded) so concurrency limits can be observed.
 //! `Upstream::answering` serves any other answer (a stand-in sidecar, say) from the
-//! same keep-alive HTTP/1.1 loop.
+//! same keep-alive HTTP/1.1 loop. `Silent` accepts connections and never answers: a
+//! sidecar that hangs.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -153,5 +154,41 @@ fn serve(conn: TcpStream, served: &AtomicU64, in_flight: &AtomicU64, respond: &R
         if w.write_all(&reply).is_err() {
             return;
         }
+    }
+}
+
+/// A server that accepts connections, reads nothing and answers nothing, holding them
+/// until it is dropped: what a hung sidecar looks like from the gateway.
+pub struct Silent {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("silent bind: {e}"));
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("silent addr: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                held.extend(conn.ok());
+            }
+        });
+        Silent { port, stop }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
