@@ -11,7 +11,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/rampart.wasm
 CARGO ?= cargo
 
-.PHONY: all wasm envoy redis compose sidecar test demo bench lint fmt validate clean
+.PHONY: all wasm envoy redis compose sidecar engines test demo bench lint fmt validate clean
 
 all: wasm
 
@@ -41,7 +41,16 @@ compose:
 sidecar:
 	$(CARGO) build --release -p rampart-sidecar
 
-test: wasm envoy redis compose sidecar validate
+# Kong's and APISIX's engines live beside the checkout (../shared/kong-engine,
+# ../shared/apisix-engine) or where RAMPART_KONG_ENGINE / RAMPART_APISIX_ENGINE say.
+# Their cases run whenever they are there; one line names what is skipped otherwise.
+engines:
+	@missing=""; for e in KONG APISIX; do \
+	  var=RAMPART_$${e}_ENGINE; dir=$${!var:-../shared/$$(echo $$e | tr A-Z a-z)-engine}; \
+	  [ -x "$$dir/nginx" ] || [ -x "$$dir/bin/nginx" ] || missing="$$missing $$e (no nginx in $$dir; set $$var)"; \
+	done; [ -z "$$missing" ] || echo "skipped: the end-to-end cases on$$missing"
+
+test: wasm envoy redis compose sidecar validate engines
 	$(CARGO) test --workspace --release
 
 validate: wasm envoy

@@ -37,6 +37,22 @@ fn ip_layer_rejects_over_limit_with_headers_and_body() {
 }
 
 #[test]
+fn without_a_client_address_ip_layers_do_not_apply_and_say_so() {
+    let e = engine(
+        r#"{"layers":[
+        {"name":"edge","key":"ip","algorithm":"fixed_window","limit":1,"window":"1m"},
+        {"name":"keys","key":"header:x-api-key","algorithm":"fixed_window","limit":5,"window":"1m"}]}"#,
+    );
+    let mut host = FakeHost::new().with_header("x-api-key", b"k");
+    for _ in 0..3 {
+        assert!(e.check(&mut host, T0).rejection.is_none());
+    }
+    assert_eq!(host.count_of(0, Event::NoClientIp), 3);
+    assert_eq!(host.count_of(0, Event::Allowed), 0);
+    assert_eq!(host.count_of(1, Event::Allowed), 3, "the next layer still applies");
+}
+
+#[test]
 fn rejected_request_is_not_charged_to_later_layers() {
     let e = engine(
         r#"{"layers":[

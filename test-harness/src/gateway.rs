@@ -174,9 +174,8 @@ impl Gateway {
         let plugin_json = plugin.to_string();
         Nginx::try_start(&nginx::Options {
             engine,
-            wasm: &wasm,
-            plugin_json: &plugin_json,
-            upstream_port: o.upstream_port,
+            filter: Some((&wasm, &plugin_json)),
+            upstream_port: Some(o.upstream_port),
             workers: o.workers,
         })
         .map(Gateway::Nginx)

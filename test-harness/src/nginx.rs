@@ -80,9 +80,11 @@ impl Engine {
 
 pub struct Options<'a> {
     pub engine: Engine,
-    pub wasm: &'a Path,
-    pub plugin_json: &'a str,
-    pub upstream_port: u16,
+    /// The filter and its JSON; `None` runs the engine without any filter (a baseline).
+    pub filter: Option<(&'a Path, &'a str)>,
+    /// Where requests go: a port on loopback, or (`None`) a server inside the same nginx
+    /// without the filter that answers 200 "ok" (the bench: no other process competes).
+    pub upstream_port: Option<u16>,
     pub workers: u32,
 }
 
@@ -110,8 +112,18 @@ fn write_file(path: &Path, text: &str) {
 
 /// What every config shares: foreground master, temp paths in the prefix, large header
 /// buffers (hostile-header tests send 48 KB values), the upstream with keep-alive.
-fn http_common(prefix: &Path, upstream_port: u16) -> String {
+fn http_common(prefix: &Path, upstream_port: Option<u16>) -> String {
     let p = prefix.display();
+    let (server, internal) = match upstream_port {
+        Some(port) => (format!("127.0.0.1:{port}"), String::new()),
+        None => (
+            format!("unix:{p}/upstream.sock"),
+            format!(
+                "    server {{\n        listen unix:{p}/upstream.sock;\n        access_log off;\n        \
+                 location / {{ return 200 \"ok\\n\"; }}\n    }}\n"
+            ),
+        ),
+    };
     format!(
         r#"
     log_format front '$pid $status $request_time "$request"';
@@ -125,10 +137,10 @@ fn http_common(prefix: &Path, upstream_port: u16) -> String {
     keepalive_timeout 30s;
     keepalive_requests 100000;
     upstream backend {{
-        server 127.0.0.1:{upstream_port};
+        server {server};
         keepalive 64;
     }}
-"#
+{internal}"#
     )
 }
 
@@ -141,18 +153,27 @@ fn main_block(prefix: &Path, workers: u32) -> String {
 }
 
 fn kong_conf(prefix: &Path, o: &Options, port: u16) -> String {
-    let json = quote(o.plugin_json);
-    assert!(
-        json.len() < MAX_INLINE_JSON,
-        "plugin JSON of {} bytes does not fit one nginx token",
-        json.len()
-    );
+    let (wasm_block, directive) = match o.filter {
+        Some((wasm, json)) => {
+            let json = quote(json);
+            assert!(
+                json.len() < MAX_INLINE_JSON,
+                "plugin JSON of {} bytes does not fit one nginx token",
+                json.len()
+            );
+            (
+                format!(
+                    "wasm {{\n    module rampart {};\n    shm_kv * 16m;\n}}\n",
+                    wasm.display()
+                ),
+                format!("proxy_wasm rampart '{json}';"),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"{main}
-wasm {{
-    module rampart {wasm};
-    shm_kv * 16m;
-}}
+{wasm_block}
 http {{
 {common}
     server {{
@@ -160,25 +181,48 @@ http {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         location / {{
-            proxy_wasm rampart '{json}';
+            {directive}
             proxy_pass http://backend;
         }}
     }}
 }}
 "#,
         main = main_block(prefix, o.workers),
-        wasm = o.wasm.display(),
         common = http_common(prefix, o.upstream_port),
     )
 }
 
 fn apisix_conf(prefix: &Path, o: &Options, port: u16, engine_dir: &Path) -> String {
-    // The glue reads the plugin's name, file and JSON from files, as run.sh writes them.
-    write_file(&prefix.join("filter.json"), o.plugin_json);
-    write_file(&prefix.join("filter.path"), &o.wasm.display().to_string());
-    write_file(&prefix.join("filter.name"), "rampart");
-    let lua = engine_dir.join("lua");
     let p = prefix.display();
+    let (init_worker, phases) = match o.filter {
+        Some((wasm, json)) => {
+            // The glue reads the plugin's name, file and JSON from files, as run.sh
+            // writes them.
+            write_file(&prefix.join("filter.json"), json);
+            write_file(&prefix.join("filter.path"), &wasm.display().to_string());
+            write_file(&prefix.join("filter.name"), "rampart");
+            (
+                format!(
+                    r#"init_worker_by_lua_block {{
+        local function slurp(p)
+            local f = assert(io.open(p, "rb")); local s = f:read("*a"); f:close(); return s
+        end
+        require("apisix_wasm_glue").init_worker(slurp("{p}/filter.name"),
+                                                 slurp("{p}/filter.path"),
+                                                 slurp("{p}/filter.json"))
+    }}"#
+                ),
+                r#"set $wasm_process_req_body '';
+            set $wasm_process_resp_body '';
+            access_by_lua_block { require("apisix_wasm_glue").access() }
+            header_filter_by_lua_block { require("apisix_wasm_glue").header_filter() }
+            body_filter_by_lua_block { require("apisix_wasm_glue").body_filter() }"#
+                    .to_string(),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let lua = engine_dir.join("lua");
     format!(
         r#"{main}
 http {{
@@ -192,22 +236,11 @@ http {{
         require "resty.proxy-wasm"
         require "apisix_wasm_glue"
     }}
-    init_worker_by_lua_block {{
-        local function slurp(p)
-            local f = assert(io.open(p, "rb")); local s = f:read("*a"); f:close(); return s
-        end
-        require("apisix_wasm_glue").init_worker(slurp("{p}/filter.name"),
-                                                 slurp("{p}/filter.path"),
-                                                 slurp("{p}/filter.json"))
-    }}
+    {init_worker}
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         location / {{
-            set $wasm_process_req_body '';
-            set $wasm_process_resp_body '';
-            access_by_lua_block {{ require("apisix_wasm_glue").access() }}
-            header_filter_by_lua_block {{ require("apisix_wasm_glue").header_filter() }}
-            body_filter_by_lua_block {{ require("apisix_wasm_glue").body_filter() }}
+            {phases}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_pass http://backend;
@@ -274,7 +307,7 @@ impl Nginx {
             child,
             dir,
         };
-        match nginx.wait_ready(o.workers) {
+        match nginx.wait_ready(o.workers, o.filter.is_some()) {
             Ok(()) => Ok(nginx),
             Err(exit_code) => Err(StartFailure {
                 exit_code,
@@ -285,7 +318,7 @@ impl Nginx {
 
     /// Every worker has loaded the module (and, on Kong, configured the filter), and the
     /// port accepts. `Err` with the exit code when nginx or a worker gave up.
-    fn wait_ready(&mut self, workers: u32) -> Result<(), Option<i32>> {
+    fn wait_ready(&mut self, workers: u32, filter: bool) -> Result<(), Option<i32>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let loaded = match self.engine {
             Engine::Kong => "successfully loaded \"rampart\" module",
@@ -308,7 +341,7 @@ impl Nginx {
                 .filter(|l| l.contains(loaded))
                 .filter_map(|l| l.split("] ").nth(1)?.split('#').next())
                 .collect();
-            if pids.len() >= workers as usize && port_open(self.port) {
+            if (!filter || pids.len() >= workers as usize) && port_open(self.port) {
                 return Ok(());
             }
             if Instant::now() > deadline {

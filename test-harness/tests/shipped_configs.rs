@@ -72,6 +72,9 @@ fn docker_compose_config_is_valid_and_pinned() {
         if long_running {
             assert!(s.get("healthcheck").is_some(), "{name} has no healthcheck");
         }
+        if let Some(test) = s["healthcheck"]["test"].as_array() {
+            healthcheck_can_run(name, image, test);
+        }
         // Every file it mounts from the repository exists (the wasm is built by make).
         for v in s["volumes"].as_array().into_iter().flatten() {
             let src = v["source"]
@@ -82,6 +85,55 @@ fn docker_compose_config_is_valid_and_pinned() {
                 assert!(std::path::Path::new(src).exists(), "{name} mounts missing {src}");
             }
         }
+    }
+}
+
+/// Programs each pinned image is known to have on its PATH (Envoy: Ubuntu; APISIX:
+/// Debian; Redis: Alpine with busybox; Kong: Ubuntu with its `kong` CLI). A healthcheck
+/// that runs anything else could never pass, and `docker compose up --wait` would hang.
+const IMAGE_PROGRAMS: &[(&str, &[&str])] = &[
+    ("envoyproxy/envoy:", &["bash", "sh", "envoy"]),
+    ("apache/apisix:", &["bash", "sh", "curl"]),
+    ("redis:", &["redis-cli", "sh"]),
+    ("kong:", &["kong", "bash", "sh"]),
+];
+
+/// Bash-only syntax that `/bin/sh` (dash on Debian and Ubuntu images, busybox ash on
+/// Alpine) does not run: `/dev/tcp` redirections, `[[`, here-strings, `&>`, `source`.
+const BASHISMS: &[&str] = &["/dev/tcp/", "/dev/udp/", "[[", "<<<", "&>", "source "];
+
+/// As far as a check can go without a Docker engine: the program a healthcheck runs
+/// exists in its image, and a `CMD-SHELL` line is POSIX sh (no bashisms, and `dash -n`
+/// parses it).
+fn healthcheck_can_run(name: &str, image: &str, test: &[Value]) {
+    let words: Vec<&str> = test.iter().filter_map(Value::as_str).collect();
+    let programs = IMAGE_PROGRAMS
+        .iter()
+        .find(|(prefix, _)| image.starts_with(prefix))
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("{name}: no list of the programs in {image}; add one"));
+    match words.as_slice() {
+        ["CMD", program, ..] => assert!(
+            programs.contains(program),
+            "{name}: healthcheck runs {program:?}, which {image} does not have ({programs:?})"
+        ),
+        ["CMD-SHELL", line] => {
+            for b in BASHISMS {
+                assert!(
+                    !line.contains(b),
+                    "{name}: CMD-SHELL runs /bin/sh, which has no {b:?}: {line}"
+                );
+            }
+            if let Ok(out) = Command::new("dash").args(["-n", "-c", line]).output() {
+                assert!(out.status.success(), "{name}: dash cannot parse {line:?}");
+            }
+            let first = line.split_whitespace().next().unwrap_or("");
+            assert!(
+                programs.contains(&first) || ["exec", "test", "["].contains(&first),
+                "{name}: {first:?} is not in {image}"
+            );
+        }
+        other => panic!("{name}: healthcheck {other:?} is neither CMD nor CMD-SHELL"),
     }
 }
 

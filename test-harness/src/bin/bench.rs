@@ -12,11 +12,17 @@
 //! configuration with your own plugin JSON (its limits should admit every request).
 //! BENCH_SYNC_RATE=<req/s> paces the latency runs at that rate instead of half of the
 //! sync configuration's saturation.
+//!
+//! Then Kong's and APISIX's engines (where `../shared` has them), one worker each: no
+//! filter, the no-op wasm filter and Rampart's local layers, alternated the same way,
+//! with ratios to the no-op filter. Each engine proxies to a server inside the same
+//! nginx, so the three differ only by the filter. BENCH_ONLY=engines runs just these.
 
 use std::process::Command;
 use std::time::Duration;
 
 use rampart_test_harness::envoy::{Envoy, Filter, Options};
+use rampart_test_harness::nginx::{self, Engine, Nginx};
 use rampart_test_harness::redis::RedisNode;
 use rampart_test_harness::sidecar::Sidecar;
 use serde_json::json;
@@ -125,6 +131,10 @@ fn main() {
     let seconds = env_or("BENCH_SECONDS", 5);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let quick = env_or("BENCH_QUICK", 0) == 1;
+    if std::env::var("BENCH_ONLY").is_ok_and(|o| o == "engines") {
+        engines(rounds, seconds, connections);
+        return;
+    }
     let mut scenarios = vec![
         Scenario {
             name: "no filter",
@@ -243,6 +253,9 @@ fn main() {
     }
     if !quick && std::env::var("BENCH_ONLY").is_err() {
         sidecar_alone(&redis, &sidecar, seconds, connections);
+    }
+    if std::env::var("BENCH_ONLY").is_err() {
+        engines(rounds, seconds, connections);
     }
     println!();
     let none = &med[0];
@@ -492,4 +505,83 @@ fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections
         "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR (cost 20)",
         ratio(report20_rps * 2000.0)
     );
+}
+
+/// Kong's and APISIX's engines: no filter, the no-op wasm filter and Rampart's local
+/// layers on each, alternated round by round; ratios to the no-op filter.
+fn engines(rounds: u64, seconds: u64, connections: u64) {
+    let rampart = rampart_test_harness::rampart_wasm();
+    let noop = rampart_test_harness::noop_wasm();
+    let local = rampart_local();
+    let mut runs: Vec<(String, Nginx)> = Vec::new();
+    for engine in [Engine::Kong, Engine::Apisix] {
+        if let Some(why) = engine.missing() {
+            println!("\nskipped: {why}");
+            continue;
+        }
+        let filters: [(&str, Option<(&std::path::Path, &str)>); 3] = [
+            ("no filter", None),
+            ("no-op wasm filter", Some((&noop, "{}"))),
+            ("rampart local (ip + key)", Some((&rampart, &local))),
+        ];
+        for (name, filter) in filters {
+            let opts = nginx::Options {
+                engine,
+                filter,
+                upstream_port: None,
+                workers: 1,
+            };
+            let n = Nginx::try_start(&opts).unwrap_or_else(|f| panic!("{} did not start:\n{}", engine.name(), f.log));
+            runs.push((format!("{} {name}", short(engine)), n));
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    for (_, n) in &runs {
+        wrk(n.port, 1, connections);
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); runs.len()];
+    for round in 0..rounds {
+        for (i, (name, n)) in runs.iter().enumerate() {
+            let s = wrk(n.port, seconds, connections);
+            eprintln!(
+                "  round {} {:<36} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
+                round + 1,
+                name,
+                s.rps,
+                s.p50_ms,
+                s.p99_ms
+            );
+            samples[i].push(s);
+        }
+    }
+    println!("\nengines (1 worker each, wrk -c{connections}, medians)");
+    println!(
+        "{:<36} {:>12} {:>10} {:>10}",
+        "configuration", "req/s", "p50 ms", "p99 ms"
+    );
+    let med: Vec<Sample> = samples
+        .iter()
+        .map(|v| Sample {
+            rps: median(v.iter().map(|s| s.rps).collect()),
+            p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
+            p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+        })
+        .collect();
+    for ((name, _), m) in runs.iter().zip(&med) {
+        println!("{name:<36} {:>12.0} {:>10.3} {:>10.3}", m.rps, m.p50_ms, m.p99_ms);
+    }
+    for (i, (name, _)) in runs.iter().enumerate() {
+        // Each engine's three runs are consecutive: none, no-op, rampart.
+        let noop = med[i - i % 3 + 1].rps.max(1.0);
+        println!("ratio {name:<36} {:.3}x its no-op wasm filter", med[i].rps / noop);
+    }
+}
+
+fn short(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Kong => "kong",
+        Engine::Apisix => "apisix",
+    }
 }
