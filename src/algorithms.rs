@@ -132,17 +132,32 @@ pub fn charge(
     now: u64,
     want: Want,
 ) -> (Decision, Option<State>) {
-    let f = decode(alg, raw);
+    let (d, next) = charge_fields(alg, limit, burst, decode(alg, raw), now, want);
+    (d, next.map(|f| encode(alg, f)))
+}
+
+/// The state's three numbers, without the tag (entries of a counter table store these).
+pub type Fields = [u64; 3];
+
+/// `charge` on decoded fields; all zeros is a fresh counter.
+pub fn charge_fields(
+    alg: &Algorithm,
+    limit: u64,
+    burst: u64,
+    f: Fields,
+    now: u64,
+    want: Want,
+) -> (Decision, Option<Fields>) {
     match *alg {
-        Algorithm::FixedWindow { window_ms } => fixed(alg, window_ms * NS_PER_MS, limit, f, now, want),
-        Algorithm::SlidingWindow { window_ms } => sliding(alg, window_ms * NS_PER_MS, limit, f, now, want),
-        Algorithm::TokenBucket { window_ms, .. } => gcra(alg, window_ms * NS_PER_MS, limit, burst, f, now, want),
+        Algorithm::FixedWindow { window_ms } => fixed(window_ms * NS_PER_MS, limit, f, now, want),
+        Algorithm::SlidingWindow { window_ms } => sliding(window_ms * NS_PER_MS, limit, f, now, want),
+        Algorithm::TokenBucket { window_ms, .. } => gcra(window_ms * NS_PER_MS, limit, burst, f, now, want),
         Algorithm::Concurrency => {
             // In-flight slots are taken and returned one by one.
             let in_flight = f[0];
             if in_flight < limit {
                 let d = Decision::allow(limit, limit - in_flight, 1, 0);
-                (d, Some(encode(alg, [in_flight + 1, 0, 0])))
+                (d, Some([in_flight + 1, 0, 0]))
             } else {
                 (Decision::reject(limit, 0, CONCURRENCY_RETRY_NS), None)
             }
@@ -152,14 +167,53 @@ pub fn charge(
 
 /// Returns one in-flight request to a concurrency counter. `None` when nothing changes.
 pub fn release(alg: &Algorithm, raw: Option<&[u8]>) -> Option<State> {
+    release_fields(alg, decode(alg, raw)).map(|f| encode(alg, f))
+}
+
+/// `release` on decoded fields.
+pub fn release_fields(alg: &Algorithm, f: Fields) -> Option<Fields> {
     if *alg != Algorithm::Concurrency {
         return None;
     }
-    let in_flight = decode(alg, raw)[0];
-    (in_flight > 0).then(|| encode(alg, [in_flight - 1, 0, 0]))
+    let in_flight = f[0];
+    (in_flight > 0).then(|| [in_flight - 1, 0, 0])
 }
 
-fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want) -> (Decision, Option<State>) {
+/// What a counter still holds at `now`, as an ordering key: 0 when it holds nothing (it
+/// would read as fresh, so its table entry is free to reuse); otherwise, the more it
+/// holds, the more its client would be forgiven if it were dropped. Requests counted in
+/// the window (weighted, for sliding windows), requests in flight, or for token buckets
+/// the time until the bucket is full again, in ms.
+pub fn usage(alg: &Algorithm, f: Fields, now: u64) -> u64 {
+    match *alg {
+        Algorithm::FixedWindow { window_ms } => {
+            let w = (window_ms * NS_PER_MS).max(1);
+            if f[0] == now / w {
+                f[1]
+            } else {
+                0
+            }
+        }
+        Algorithm::SlidingWindow { window_ms } => {
+            let w = (window_ms * NS_PER_MS).max(1);
+            let win = now / w;
+            let (cur, prev) = if f[0] == win {
+                (f[1], f[2])
+            } else if f[0].wrapping_add(1) == win {
+                (0, f[1])
+            } else {
+                (0, 0)
+            };
+            let elapsed = (now - win * w) as u128;
+            let est = prev as u128 * (w as u128 - elapsed) + cur as u128 * w as u128;
+            est.div_ceil(w as u128).min(u64::MAX as u128) as u64
+        }
+        Algorithm::TokenBucket { .. } => f[0].saturating_sub(now).div_ceil(NS_PER_MS),
+        Algorithm::Concurrency => f[0],
+    }
+}
+
+fn fixed(w: u64, limit: u64, f: Fields, now: u64, want: Want) -> (Decision, Option<Fields>) {
     let w = w.max(1);
     let win = now / w;
     let count = if f[0] == win { f[1] } else { 0 };
@@ -167,7 +221,7 @@ fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want)
     let reset_ns = end - now;
     let capacity = limit.saturating_sub(count);
     let g = want.grant(capacity);
-    let next = (g > 0).then(|| encode(alg, [win, count.saturating_add(g), 0]));
+    let next = (g > 0).then_some([win, count.saturating_add(g), 0]);
     if capacity > 0 {
         (Decision::allow(limit, capacity, g, reset_ns), next)
     } else {
@@ -178,7 +232,7 @@ fn fixed(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want)
 /// Two-counter sliding window: the previous window's count weighted by how much of it
 /// still overlaps the sliding window, plus the current count. Assumes requests were
 /// spread evenly over the previous window; the error is bounded by that window's count.
-fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Want) -> (Decision, Option<State>) {
+fn sliding(w: u64, limit: u64, f: Fields, now: u64, want: Want) -> (Decision, Option<Fields>) {
     let w = w.max(1);
     let win = now / w;
     let (cur, prev) = if f[0] == win {
@@ -197,7 +251,7 @@ fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Wan
     let capacity = (limit128 * w128).saturating_sub(est) / w128;
     let capacity = capacity.min(u64::MAX as u128) as u64;
     let g = want.grant(capacity);
-    let next = (g > 0).then(|| encode(alg, [win, cur.saturating_add(g), prev]));
+    let next = (g > 0).then_some([win, cur.saturating_add(g), prev]);
     if capacity > 0 {
         return (Decision::allow(limit, capacity, g, reset_ns), next);
     }
@@ -217,15 +271,7 @@ fn sliding(alg: &Algorithm, w: u64, limit: u64, f: [u64; 3], now: u64, want: Wan
 /// GCRA: the state is the theoretical arrival time (TAT) of the next request. Each
 /// request advances it by the emission interval `t = window / limit`; a request is
 /// admitted while the TAT stays within `burst * t` of now.
-fn gcra(
-    alg: &Algorithm,
-    w: u64,
-    limit: u64,
-    burst: u64,
-    f: [u64; 3],
-    now: u64,
-    want: Want,
-) -> (Decision, Option<State>) {
+fn gcra(w: u64, limit: u64, burst: u64, f: Fields, now: u64, want: Want) -> (Decision, Option<Fields>) {
     let t = (w / limit.max(1)).max(1);
     let tolerance = t.saturating_mul(burst);
     let tat = f[0].max(now);
@@ -236,7 +282,7 @@ fn gcra(
     };
     let g = want.grant(capacity);
     let new_tat = tat.saturating_add(t.saturating_mul(g));
-    let next = (g > 0).then(|| encode(alg, [new_tat, 0, 0]));
+    let next = (g > 0).then_some([new_tat, 0, 0]);
     if capacity > 0 {
         (Decision::allow(burst, capacity, g, new_tat - now), next)
     } else {

@@ -4,13 +4,16 @@
 //! This is exact, not an approximation: until Retry-After, other workers can only add to
 //! the counter, never free room in it (for concurrency layers they can, so those are
 //! never remembered). A client hammering a closed limit then costs no shared-data access.
-//! One entry per slot per layer, sized at configure time: memory is fixed like the
-//! shared tables.
+//! `slots` entries per layer, sized at configure time: memory is fixed like the shared
+//! tables. An entry remembers whose rejection it holds, so two clients that meet in
+//! one entry only ever cost a lookup, never a wrong answer.
 
 use crate::algorithms::Decision;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Denial {
+    /// Whose rejection this is (the client's hash).
+    client: u64,
     /// The limit the rejection was made under (tiers can change it per request).
     limit: u64,
     /// Reported limit (the burst, for token buckets).
@@ -35,10 +38,15 @@ impl Denial {
 
     /// Remembers a rejection (and forgets one when the counter admitted).
     pub fn note(&mut self, d: &Decision, now: u64, limit: u64) {
+        let client = self.client;
         *self = if d.allowed {
-            Denial::default()
+            Denial {
+                client,
+                ..Denial::default()
+            }
         } else {
             Denial {
+                client,
                 limit,
                 report_limit: d.limit,
                 reset_at_ns: now.saturating_add(d.reset_ns),
@@ -59,7 +67,18 @@ impl Denials {
         }
     }
 
-    pub fn get(&mut self, layer: usize, slot: u32) -> Option<&mut Denial> {
-        self.layers.get_mut(layer)?.get_mut(slot as usize)
+    /// The memory of `client`'s rejection on `layer`: its own, or a fresh one that
+    /// takes over the entry.
+    pub fn get(&mut self, layer: usize, client: u64) -> Option<&mut Denial> {
+        let entries = self.layers.get_mut(layer)?;
+        let n = u32::try_from(entries.len()).ok().filter(|n| *n > 0)?;
+        let d = entries.get_mut(crate::slots::index(client, n) as usize)?;
+        if d.client != client {
+            *d = Denial {
+                client,
+                ..Denial::default()
+            };
+        }
+        Some(d)
     }
 }

@@ -4,6 +4,7 @@
 //! is unit-tested natively with `testing::FakeHost`; `host/` implements the trait with
 //! proxy-wasm hostcalls.
 
+use crate::algorithms::Fields;
 use crate::algorithms::{self, Decision};
 use crate::client_ip::{self, ClientIp};
 use crate::cluster::{FleetKey, Views};
@@ -12,6 +13,7 @@ use crate::headers::{self, Report};
 use crate::policy::{Algorithm, FailureMode, IpSource, KeyPart, Layer, Policy, Scope, SyncMode};
 use crate::query;
 use crate::slots::{self, Seed};
+use crate::table::{self, Entry, Home};
 use crate::wire::{Batch, Denied, Distinct, Hit, Outcomes, Rule};
 
 /// A hostcall that failed: the host's status code, for the log and metrics.
@@ -45,9 +47,12 @@ pub enum Event {
     /// The layer's key needs the client address and the host gave none: the layer did
     /// not apply to this request.
     NoClientIp,
+    /// A client found no entry of its own nor a free one in its two buckets and replaced
+    /// another client's (forgiving what it held): the table is full around it.
+    TableFull,
 }
 
-pub const EVENTS: [Event; 9] = [
+pub const EVENTS: [Event; 10] = [
     Event::Allowed,
     Event::Rejected,
     Event::ShadowRejected,
@@ -57,6 +62,7 @@ pub const EVENTS: [Event; 9] = [
     Event::Flagged,
     Event::Denied,
     Event::NoClientIp,
+    Event::TableFull,
 ];
 
 impl Event {
@@ -71,6 +77,7 @@ impl Event {
             Event::Flagged => "flagged",
             Event::Denied => "denied",
             Event::NoClientIp => "no_client_ip",
+            Event::TableFull => "table_full",
         }
     }
 
@@ -104,7 +111,8 @@ pub const MAX_CAS_ATTEMPTS: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub layer: usize,
-    pub slot: u32,
+    /// The client's hash: where its entry is in the layer's table.
+    pub client: u64,
 }
 
 /// A local reply the filter must send instead of forwarding.
@@ -204,8 +212,8 @@ impl Paused {
 /// One cluster layer a paused request asked the sidecar about.
 struct Asked {
     layer: usize,
-    /// Slot of the layer's fallback table.
-    slot: u32,
+    /// The client's hash in the layer's fallback table.
+    client: u64,
     limit: u64,
     burst: u64,
     /// The counter's name at the sidecar (a hash; safe to log).
@@ -253,19 +261,21 @@ impl Engine {
         }
     }
 
-    /// The shared-data key of one slot of one layer.
-    pub fn slot_key(&self, layer: usize, slot: u32) -> String {
+    /// The shared-data key of one bucket of one layer's table.
+    pub fn bucket_key(&self, layer: usize, bucket: u32) -> String {
         let prefix = self.prefixes.get(layer).map_or("", String::as_str);
-        slots::key(prefix, slot)
+        slots::key(prefix, bucket)
     }
 
     /// Every shared-data key this policy can ever touch: the whole memory footprint.
-    pub fn all_slot_keys(&self) -> impl Iterator<Item = String> + '_ {
-        self.policy
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(move |(i, l)| (0..l.table_slots()).map(move |s| self.slot_key(i, s)))
+    pub fn all_bucket_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.policy.layers.iter().enumerate().flat_map(move |(i, l)| {
+            let buckets = match l.table_slots() {
+                0 => 0,
+                n => table::buckets_for(n),
+            };
+            (0..buckets).map(move |b| self.bucket_key(i, b))
+        })
     }
 
     /// An empty rejection memory for this policy (none for concurrency layers, whose
@@ -328,7 +338,7 @@ impl Engine {
                 }
                 None => {
                     host.count(i, Event::SidecarError);
-                    match self.sidecar_failed(host, i, layer, a.slot, a.limit, a.burst, now_ns) {
+                    match self.sidecar_failed(host, i, layer, a.client, a.limit, a.burst, now_ns) {
                         Failed::Decided(d) => Some(d),
                         Failed::Admit => None,
                         Failed::Closed => return Step::Done(self.unavailable(host, i, layer, &mut p.held)),
@@ -364,17 +374,17 @@ impl Engine {
                 }
                 continue;
             };
-            // Only layers with a node-local table (local, or a cluster fallback) use a slot.
-            let slot = match layer.table_slots() {
+            // Only layers with a node-local table (local, or a cluster fallback) use it.
+            let client = match layer.table_slots() {
                 0 => 0,
-                n => slots::index(self.seed.hash(i as u64, &parts), n),
+                _ => self.seed.hash(i as u64, &parts),
             };
             let tier = layer.tiers.as_ref().and_then(|t| host.header(&t.from_header));
             let (limit, burst) = layer.limits_for(tier.as_deref());
             let decision = match layer.sync_mode() {
                 None => {
-                    let memory = ws.denials.get(i, slot);
-                    match self.charge_local(host, i, slot, memory, &layer.algorithm, limit, burst, now_ns) {
+                    let memory = ws.denials.get(i, client);
+                    match self.charge_local(host, i, client, memory, &layer.algorithm, limit, burst, now_ns) {
                         Ok(d) => d,
                         Err(_) => {
                             host.count(i, Event::StoreError);
@@ -395,7 +405,7 @@ impl Engine {
                         }
                         _ => {
                             host.count(i, Event::SidecarError);
-                            match self.sidecar_failed(host, i, layer, slot, limit, burst, now_ns) {
+                            match self.sidecar_failed(host, i, layer, client, limit, burst, now_ns) {
                                 Failed::Decided(d) => d,
                                 Failed::Admit => continue,
                                 Failed::Closed => return Step::Done(self.unavailable(host, i, layer, &mut p.held)),
@@ -422,7 +432,7 @@ impl Engine {
                     };
                     p.asked.push(Asked {
                         layer: i,
-                        slot,
+                        client,
                         limit,
                         burst,
                         name,
@@ -431,8 +441,8 @@ impl Engine {
                     return Step::Ask(Box::new(p), body);
                 }
             };
-            let held_slot = (layer.scope == Scope::Local && layer.algorithm == Algorithm::Concurrency).then_some(slot);
-            if let Some(v) = self.settle(host, i, layer, held_slot, decision, &mut p) {
+            let held = (layer.scope == Scope::Local && layer.algorithm == Algorithm::Concurrency).then_some(client);
+            if let Some(v) = self.settle(host, i, layer, held, decision, &mut p) {
                 return Step::Done(v);
             }
         }
@@ -452,14 +462,14 @@ impl Engine {
         host: &mut H,
         i: usize,
         layer: &Layer,
-        held_slot: Option<u32>,
+        held: Option<u64>,
         d: Decision,
         p: &mut Paused,
     ) -> Option<Verdict> {
         if d.allowed {
             host.count(i, Event::Allowed);
-            if let Some(slot) = held_slot {
-                p.held.push(Held { layer: i, slot });
+            if let Some(client) = held {
+                p.held.push(Held { layer: i, client });
             }
         } else if layer.shadow {
             host.count(i, Event::ShadowRejected);
@@ -478,7 +488,7 @@ impl Engine {
         &self,
         host: &mut H,
         i: usize,
-        slot: u32,
+        client: u64,
         memory: Option<&mut Denial>,
         alg: &Algorithm,
         limit: u64,
@@ -488,12 +498,76 @@ impl Engine {
         if let Some(d) = memory.as_ref().and_then(|m| m.recall(now_ns, limit)) {
             return Ok(d);
         }
-        let key = self.slot_key(i, slot);
-        let d = update(host, &key, |raw| algorithms::admit(alg, limit, burst, raw, now_ns))?;
+        let d = self
+            .update_entry(host, i, client, alg, now_ns, true, |f| {
+                algorithms::charge_fields(alg, limit, burst, f, now_ns, algorithms::Want::One)
+            })?
+            // A claim always yields an entry; no answer would be a broken store.
+            .ok_or(HostError(crate::host_status::NOT_FOUND))?;
         if let Some(m) = memory {
             m.note(&d, now_ns, limit);
         }
         Ok(d)
+    }
+
+    /// Read-modify-write of one client's entry in layer `i`'s table, with
+    /// compare-and-swap so that workers updating one bucket at once never lose a hit.
+    /// `f` maps the counter (all zeros when new) to a result and, when it changed, the
+    /// counter to store. A client without an entry gets one when `claim` (see `table`);
+    /// otherwise `Ok(None)`.
+    #[allow(clippy::too_many_arguments)]
+    fn update_entry<H: Host, T>(
+        &self,
+        host: &mut H,
+        i: usize,
+        client: u64,
+        alg: &Algorithm,
+        now_ns: u64,
+        claim: bool,
+        mut f: impl FnMut(Fields) -> (T, Option<Fields>),
+    ) -> Result<Option<T>, HostError> {
+        let buckets = table::buckets_for(self.policy.layers[i].table_slots());
+        let home = Home::of(client, buckets);
+        let keys = home.buckets.map(|b| self.bucket_key(i, b));
+        let n = if home.one_bucket() { 1 } else { 2 };
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let mut read: [(Vec<u8>, u32); 2] = Default::default();
+            let mut found = None;
+            for (which, key) in keys.iter().enumerate().take(n) {
+                let (raw, cas) = host.shared_get(key)?;
+                read[which] = (raw.unwrap_or_default(), cas);
+                if let Some((at, e)) = table::find(&read[which].0, home.fp) {
+                    found = Some((which, at, e));
+                    break;
+                }
+            }
+            let (which, at, entry, replaces) = match found {
+                Some((which, at, e)) => (which, at, e, false),
+                None if !claim => return Ok(None),
+                None => {
+                    let usage = |e: &Entry| algorithms::usage(alg, e.fields, now_ns);
+                    let now_ms = (now_ns / 1_000_000) as u32;
+                    let p = table::place([&read[0].0, &read[1].0], n == 1, now_ms, usage);
+                    let fresh = Entry {
+                        fp: home.fp,
+                        since_ms: now_ms,
+                        fields: [0; 3],
+                    };
+                    (p.which, p.at, fresh, p.replaces)
+                }
+            };
+            let (out, next) = f(entry.fields);
+            let Some(fields) = next else { return Ok(Some(out)) };
+            let (bucket, cas) = &read[which];
+            let value = table::put(bucket, at, &Entry { fields, ..entry });
+            if host.shared_set(&keys[which], &value, *cas)? == SetOutcome::Stored {
+                if replaces {
+                    host.count(i, Event::TableFull);
+                }
+                return Ok(Some(out));
+            }
+        }
+        Err(HostError(crate::host_status::CAS_MISMATCH))
     }
 
     /// What a cluster layer does when the sidecar failed.
@@ -503,7 +577,7 @@ impl Engine {
         host: &mut H,
         i: usize,
         layer: &Layer,
-        slot: u32,
+        client: u64,
         limit: u64,
         burst: u64,
         now_ns: u64,
@@ -517,7 +591,7 @@ impl Engine {
         };
         // Scale a token bucket's burst with the fallback rate; other algorithms ignore it.
         let fb_burst = (burst.saturating_mul(fallback) / limit.max(1)).max(1);
-        match self.charge_local(host, i, slot, None, &layer.algorithm, fallback, fb_burst, now_ns) {
+        match self.charge_local(host, i, client, None, &layer.algorithm, fallback, fb_burst, now_ns) {
             Ok(d) => Failed::Decided(d),
             Err(_) => {
                 host.count(i, Event::StoreError);
@@ -591,8 +665,11 @@ impl Engine {
             let Some(layer) = self.policy.layers.get(h.layer) else {
                 continue;
             };
-            let key = self.slot_key(h.layer, h.slot);
-            let released = update(host, &key, |raw| ((), algorithms::release(&layer.algorithm, raw)));
+            // A client whose entry was replaced meanwhile has nothing left to give back.
+            let alg = &layer.algorithm;
+            let released = self.update_entry(host, h.layer, h.client, alg, 0, false, |f| {
+                ((), algorithms::release_fields(alg, f))
+            });
             if released.is_err() {
                 host.count(h.layer, Event::StoreError);
             }
@@ -690,22 +767,4 @@ enum Failed {
     Decided(Decision),
     Admit,
     Closed,
-}
-
-/// Read-modify-write of one shared-data counter with compare-and-swap, so that workers
-/// updating the same slot concurrently never lose a hit.
-pub fn update<H, T, F>(host: &mut H, key: &str, mut f: F) -> Result<T, HostError>
-where
-    H: Host,
-    F: FnMut(Option<&[u8]>) -> (T, Option<algorithms::State>),
-{
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (raw, cas) = host.shared_get(key)?;
-        let (out, next) = f(raw.as_deref());
-        let Some(next) = next else { return Ok(out) };
-        if host.shared_set(key, &next, cas)? == SetOutcome::Stored {
-            return Ok(out);
-        }
-    }
-    Err(HostError(crate::host_status::CAS_MISMATCH))
 }

@@ -301,20 +301,105 @@ fn hostile_header_values_are_just_keys() {
     }
 }
 
+fn peer(i: u32) -> String {
+    format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255)
+}
+
 #[test]
-fn slot_table_is_the_whole_footprint() {
+fn the_table_is_the_whole_footprint() {
     let e = engine(
         r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":5,"window":"1m","slots":64}]}"#,
     );
     let mut host = FakeHost::new();
     for i in 0..5_000u32 {
-        host.next_request()
-            .set_peer(&format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255));
+        host.next_request().set_peer(&peer(i));
         e.check(&mut host, T0);
     }
-    let all: std::collections::HashSet<String> = e.all_slot_keys().collect();
-    assert_eq!(all.len(), 64);
+    let all: std::collections::HashSet<String> = e.all_bucket_keys().collect();
+    assert_eq!(all.len(), 64 / crate::table::BUCKET);
     assert!(host.shared.map.keys().all(|k| all.contains(k)));
+    let entries: usize = host
+        .shared
+        .map
+        .values()
+        .map(|(v, _)| crate::table::entries(v).count())
+        .sum();
+    assert_eq!(entries, 64, "every entry used, none beyond");
+    assert!(host.count_of(0, Event::TableFull) >= 5_000 - 64);
+}
+
+#[test]
+fn clients_own_their_counters_until_the_table_is_full() {
+    let e = engine(
+        r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":3,"window":"1m","slots":256}]}"#,
+    );
+    let mut host = FakeHost::new();
+    // Half the table: each client within its limit is never refused.
+    for i in 0..128u32 {
+        for _ in 0..3 {
+            host.next_request().set_peer(&peer(i));
+            assert!(e.check(&mut host, T0).rejection.is_none(), "client {i}");
+        }
+    }
+    assert_eq!(host.count_of(0, Event::TableFull), 0);
+    // Each of them is at its limit: their fourth is refused.
+    for i in 0..128u32 {
+        host.next_request().set_peer(&peer(i));
+        assert!(e.check(&mut host, T0).rejection.is_some(), "client {i}");
+    }
+}
+
+#[test]
+fn a_client_at_its_limit_outlives_a_rotation_of_ten_times_the_table() {
+    let e = engine(
+        r#"{"layers":[{"name":"edge","key":"ip","algorithm":"fixed_window","limit":3,"window":"1m","slots":64}]}"#,
+    );
+    let mut host = FakeHost::new().with_peer("192.0.2.1:1");
+    for _ in 0..3 {
+        assert!(e.check(&mut host, T0).rejection.is_none());
+    }
+    for i in 0..640u32 {
+        host.next_request().set_peer(&peer(i));
+        assert!(
+            e.check(&mut host, T0).rejection.is_none(),
+            "a one-shot client is admitted"
+        );
+        // The limited client keeps trying: the rotation must not reset it. (Its
+        // rejections are remembered by this worker; a sibling worker reads the table.)
+        host.next_request().set_peer("192.0.2.1:1");
+        assert!(
+            e.sibling().check(&mut host, T0).rejection.is_some(),
+            "after {i} one-shots"
+        );
+    }
+    assert!(host.count_of(0, Event::TableFull) > 500);
+}
+
+#[test]
+fn a_replaced_concurrency_entry_never_releases_another_client() {
+    let e = engine(r#"{"layers":[{"name":"c","key":"ip","algorithm":"concurrency","limit":1,"slots":16}]}"#);
+    let mut host = FakeHost::new().with_peer("192.0.2.1:1");
+    let mut held = e.check(&mut host, T0).held;
+    assert_eq!(held.len(), 1);
+    // Every entry of the one bucket is taken by clients still in flight; the 17th
+    // replaces one of them (all hold 1: the oldest goes).
+    let mut others = Vec::new();
+    for i in 0..16u32 {
+        host.next_request().set_peer(&peer(i));
+        others.push(e.check(&mut host, T0).held);
+    }
+    assert_eq!(host.count_of(0, Event::TableFull), 1);
+    // Whoever lost its entry gives back nothing; nobody else's count drops below what
+    // is in flight.
+    e.release(&mut host, &mut held);
+    e.release(&mut host, &mut others[15]);
+    let in_flight: u64 = host
+        .shared
+        .map
+        .values()
+        .flat_map(|(v, _)| crate::table::entries(v).map(|x| x.fields[0]).collect::<Vec<_>>())
+        .sum();
+    assert_eq!(in_flight, 15, "16 entries, 17 clients, two released");
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod host_status;
 pub mod policy;
 pub mod query;
 pub mod slots;
+pub mod table;
 pub mod wire;
 
 #[cfg(test)]

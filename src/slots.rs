@@ -1,18 +1,10 @@
-//! Fixed-capacity counter tables: how a client key becomes a shared-data key.
+//! How a client key becomes a place in shared data: the proxy-wide secret seed, the
+//! keyed hash of a layer's key parts, and the shared-data key names of a layer's table
+//! (`table.rs` says how clients live in it).
 //!
-//! Envoy never deletes a shared-data key (HOSTS.md), so one key per client would let an
-//! attacker rotating IPs or API keys grow the proxy's memory without end. Instead each
-//! layer owns a table of `slots` counters, created once at configure time, and a client
-//! key is hashed (keyed SipHash, secret seed) onto one slot. Memory is therefore fixed:
-//! `slots` entries per layer, whatever the traffic.
-//!
-//! The trade-off: clients that hash to the same slot share one counter. Sharing only
-//! ever makes a limit stricter, never looser, so an attacker gains no quota from it; an
-//! innocent client is affected only while it shares a slot with a busy one. With `n`
-//! clients active in one window and `s` slots, a given client shares its slot with
-//! probability about `1 - e^(-n/s)` (≈ n/s when n ≪ s): 16,384 slots and 160 active
-//! clients give ≈ 1%. The seed is random per proxy, so nobody can aim a collision at a
-//! chosen victim. Size `slots` to the number of clients active per window.
+//! The hash is SipHash keyed with a seed drawn at random by the first worker to
+//! configure and shared by all of them, so nobody outside can compute where a client
+//! lands, nor aim a collision at a chosen victim.
 
 use std::hash::Hasher;
 #[allow(deprecated)]
@@ -90,12 +82,12 @@ pub fn index(hash: u64, slots: u32) -> u32 {
 }
 
 /// Shared-data key prefix of a layer's table. It names everything the stored state's
-/// meaning depends on, so a reload that changes the algorithm, window or table size
-/// starts a fresh table instead of misreading the old one; a reload that only changes
-/// limits keeps the counters.
+/// meaning depends on (the table layout's version, algorithm, window, size), so a
+/// reload that changes any of them starts a fresh table instead of misreading the old
+/// one; a reload that only changes limits keeps the counters.
 pub fn prefix(layer: &Layer) -> String {
     format!(
-        "rampart/v1/{}/{}/{}/{}/",
+        "rampart/v2/{}/{}/{}/{}/",
         layer.name,
         layer.algorithm.name(),
         layer.algorithm.window_ms(),

@@ -107,7 +107,7 @@ impl SharedData {
         if matches!(self, SharedData::Local { .. }) {
             return Ok(());
         }
-        for key in engine.all_slot_keys() {
+        for key in engine.all_bucket_keys() {
             match self.get(&key) {
                 Ok((Some(_), _)) => {}
                 Ok((None, cas)) if cas != 0 => {}

@@ -18,6 +18,8 @@ use crate::{project_file, rampart_wasm, read_project_file};
 pub enum Filter {
     /// Rampart with this plugin JSON.
     Rampart(String),
+    /// Another build of Rampart (a baseline to compare with), with this plugin JSON.
+    RampartBuild { wasm: PathBuf, plugin: String },
     /// A proxy-wasm filter that does nothing: the ceiling for any wasm filter.
     Noop,
     /// The trivial reference filter: one shared-data read + CAS and one response header;
@@ -148,6 +150,11 @@ pub fn render(opts: &Options, port: u16, admin_port: u16) -> Value {
         Filter::Rampart(plugin) => {
             let c = &mut filters[idx]["typed_config"]["config"];
             c["vm_config"]["code"]["local"]["filename"] = json!(rampart_wasm());
+            c["configuration"]["value"] = json!(plugin);
+        }
+        Filter::RampartBuild { wasm, plugin } => {
+            let c = &mut filters[idx]["typed_config"]["config"];
+            c["vm_config"]["code"]["local"]["filename"] = json!(wasm);
             c["configuration"]["value"] = json!(plugin);
         }
         Filter::Noop | Filter::Trivial { .. } => {

@@ -11,7 +11,8 @@
 //! filter's own cost. BENCH_CONFIG=<file.json> replaces the local Rampart
 //! configuration with your own plugin JSON (its limits should admit every request).
 //! BENCH_SYNC_RATE=<req/s> paces the latency runs at that rate instead of half of the
-//! sync configuration's saturation.
+//! sync configuration's saturation. BENCH_BASELINE_WASM=<file.wasm> adds another build's
+//! local layers to the same rounds (to measure a change against the build before it).
 //!
 //! Then Kong's and APISIX's engines (where `../shared` has them), one worker each: no
 //! filter, the no-op wasm filter and Rampart's local layers, alternated the same way,
@@ -179,6 +180,25 @@ fn main() {
             sidecar: true,
         },
     ];
+    // BENCH_BASELINE_WASM=<another build of rampart.wasm>: its local layers run in the
+    // same rounds, to measure a change against the build before it.
+    if let Ok(wasm) = std::env::var("BENCH_BASELINE_WASM") {
+        let at = scenarios
+            .iter()
+            .position(|s| s.name == "rampart local (ip + key)")
+            .map_or(0, |i| i + 1);
+        scenarios.insert(
+            at,
+            Scenario {
+                name: "baseline build local (ip + key)",
+                filter: Filter::RampartBuild {
+                    wasm: wasm.into(),
+                    plugin: rampart_local(),
+                },
+                sidecar: false,
+            },
+        );
+    }
     if quick {
         scenarios.retain(|s| !s.sidecar);
     }
@@ -271,6 +291,9 @@ fn main() {
     };
     for (ours, reference) in [
         ("rampart local (ip + key)", "trivial cas + header"),
+        ("rampart local (ip + key)", "no-op wasm filter"),
+        ("baseline build local (ip + key)", "no-op wasm filter"),
+        ("rampart local (ip + key)", "baseline build local (ip + key)"),
         ("rampart cluster async", "trivial cas + header"),
         ("rampart cluster sync", "trivial + sidecar call"),
     ] {
