@@ -70,7 +70,8 @@ fn tag_of(alg: &Algorithm) -> u8 {
     }
 }
 
-fn decode(alg: &Algorithm, raw: Option<&[u8]>) -> [u64; 3] {
+/// A stored state's fields (all zeros when absent or not this algorithm's).
+pub fn decode(alg: &Algorithm, raw: Option<&[u8]>) -> [u64; 3] {
     match raw {
         Some(b) if b.len() == STATE_LEN && b[0] == tag_of(alg) => {
             let mut f = [0u64; 3];

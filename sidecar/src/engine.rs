@@ -7,7 +7,7 @@
 //!   load batches grow by themselves: the busier, the fewer store calls per hit.
 //! - **Over-limit cache**: a counter that rejected is remembered until its
 //!   Retry-After; checks against it are answered without the store. Capped at
-//!   `MAX_CACHED` entries.
+//!   `MAX_CACHED` entries; when full, the entry closest to reopening makes room.
 //! - `/v1/check` is ordered: a request's hits are charged one after another and the
 //!   first rejection skips the rest, so a rejected request eats no later quota.
 
@@ -20,6 +20,7 @@ use futures_util::future::join_all;
 use rampart::wire::{add_client, Denied, Distinct, Hit, Outcome, Rule};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bounded::BoundedMap;
 use crate::metrics::METRICS;
 use crate::store::{Applied, KeyState, Mode, Observe, Store, StoreError};
 
@@ -51,7 +52,7 @@ struct Closed {
 
 pub struct Engine {
     queue: mpsc::Sender<Job>,
-    closed: Mutex<HashMap<String, Closed>>,
+    closed: Mutex<BoundedMap<Closed>>,
 }
 
 impl Engine {
@@ -60,7 +61,7 @@ impl Engine {
         tokio::spawn(run(store, rx));
         Arc::new(Engine {
             queue: tx,
-            closed: Mutex::new(HashMap::new()),
+            closed: Mutex::new(BoundedMap::new(MAX_CACHED)),
         })
     }
 
@@ -108,21 +109,18 @@ impl Engine {
     fn remember(&self, hit: &Hit, outcome: Outcome) {
         let Ok(mut closed) = self.closed.lock() else { return };
         let now = Instant::now();
-        if closed.len() >= MAX_CACHED {
-            closed.retain(|_, c| c.until > now);
-            if closed.len() >= MAX_CACHED {
-                return;
-            }
-        }
         let until = now + Duration::from_millis(outcome.retry_after_ms);
-        closed.insert(
-            hit.key.clone(),
-            Closed {
-                until,
-                rule: hit.rule,
-                outcome,
-            },
-        );
+        let entry = Closed {
+            until,
+            rule: hit.rule,
+            outcome,
+        };
+        // Full: the entry closest to reopening goes (a lost entry only costs a store
+        // call), expired ones first.
+        let _ = closed.insert(&hit.key, entry, true, |c| match c.until.checked_duration_since(now) {
+            Some(left) if !left.is_zero() => left.as_millis() + 1,
+            _ => 0,
+        });
     }
 
     /// Ordered check of one request's hits.

@@ -1,5 +1,6 @@
 //! rampart-sidecar: cluster-wide counters for the Rampart filter.
 
+mod bounded;
 mod cli;
 mod engine;
 mod http;
@@ -20,6 +21,8 @@ use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 fn main() {
+    // Timestamped lines on stderr; RUST_LOG=debug (or warn, ...) changes the level.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("keys") {
         std::process::exit(keys::main(&argv[1..]));

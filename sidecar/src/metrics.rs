@@ -64,6 +64,11 @@ pub struct Metrics {
     pub unauthorized: AtomicU64,
     pub check_calls: AtomicU64,
     pub checked_requests: AtomicU64,
+    /// Memory store: entries that left a full map having expired, or while live.
+    pub memory_expired: AtomicU64,
+    pub memory_replaced: AtomicU64,
+    /// Memory store: new blocks, flags or revocations refused by a full map.
+    pub memory_refused: AtomicU64,
     pub redis_latency: Histogram,
 }
 
@@ -82,6 +87,9 @@ pub static METRICS: Metrics = Metrics {
     unauthorized: AtomicU64::new(0),
     check_calls: AtomicU64::new(0),
     checked_requests: AtomicU64::new(0),
+    memory_expired: AtomicU64::new(0),
+    memory_replaced: AtomicU64::new(0),
+    memory_refused: AtomicU64::new(0),
     redis_latency: Histogram::new(),
 };
 
@@ -166,6 +174,24 @@ impl Metrics {
             "Requests refused for a missing or wrong token.",
             "",
             &self.unauthorized,
+        );
+        counter(
+            "rampart_sidecar_memory_evictions_total",
+            "Memory store entries that made room for new ones: expired (nothing forgiven) or live.",
+            "{reason=\"expired\"}",
+            &self.memory_expired,
+        );
+        counter(
+            "rampart_sidecar_memory_evictions_total",
+            "Memory store entries that made room for new ones: expired (nothing forgiven) or live.",
+            "{reason=\"replaced\"}",
+            &self.memory_replaced,
+        );
+        counter(
+            "rampart_sidecar_memory_refused_total",
+            "New blocks, flags or revocations a full memory store refused (--max-keys).",
+            "",
+            &self.memory_refused,
         );
         self.redis_latency
             .render(&mut out, "rampart_sidecar_redis_seconds", "Redis script latency.");

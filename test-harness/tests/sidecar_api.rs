@@ -238,3 +238,41 @@ fn cli_help_and_bad_flags() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("redis://127.0.0.1:1"));
 }
+
+#[test]
+fn a_full_memory_store_keeps_a_limited_key_while_ten_times_its_size_pass_through() {
+    let sc = Sidecar::start(&["--max-keys", "1000", "--token", "s3cret-token"]);
+    let mut c = sc.client();
+    let allowed = |c: &mut Client, h: Value| post(c, "/v1/check", &json!({"hits": [h]})).1["results"][0].clone();
+    for expected in [true, true, true, false] {
+        assert_eq!(allowed(&mut c, hit("hammering", 3, 1))["allowed"], expected);
+    }
+    // 10,000 other keys, 100 per call, one check each.
+    for call in 0..100 {
+        let hits: Vec<Value> = (0..100).map(|i| hit(&format!("k{call}-{i}"), 3, 1)).collect();
+        let body = json!({"requests": hits.iter().map(|h| json!({"hits": [h]})).collect::<Vec<_>>()});
+        let (status, answer) = post(&mut c, "/v1/check", &body);
+        assert_eq!(status, 200);
+        assert!(answer["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["results"][0]["allowed"] == true));
+    }
+    // Still limited. Asked under another limit (4), so the over-limit cache cannot
+    // answer for the store: the store still counts its 3.
+    let o = allowed(&mut c, hit("hammering", 4, 1));
+    assert_eq!(
+        (o["allowed"].clone(), o["remaining"].clone()),
+        (json!(true), json!(0)),
+        "{o}"
+    );
+    assert_eq!(allowed(&mut c, hit("hammering", 3, 1))["allowed"], false);
+    let metrics = sc.metrics_text();
+    let replaced: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_sidecar_memory_evictions_total{reason=\"replaced\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no eviction metric:\n{metrics}"));
+    assert!(replaced >= 9_000.0, "{replaced} counters replaced");
+}

@@ -42,7 +42,7 @@ fn clients_within_their_limits_are_not_refused_until_the_table_is_nearly_full() 
     const SLOTS: u32 = 1024;
     const LIMIT: u64 = 3;
     on_every_proxy(|proxy: Proxy| {
-        for (load, bound) in [(0.5, 0.001), (0.9, 0.01)] {
+        for (load, bound) in [(0.25, 0.001), (0.5, 0.001), (0.9, 0.01)] {
             let s = single(proxy, &edge(LIMIT, SLOTS), 1);
             let mut c = s.gateway.client();
             let clients = (f64::from(SLOTS) * load) as u32;

@@ -1,46 +1,59 @@
 //! The embedded store: counters in this process, for a single sidecar. Uses the very
 //! algorithms the filter runs (`rampart::algorithms`), with this process's clock.
+//!
+//! Memory is bounded by `--max-keys` per kind (counters, distinct-client sets, blocks,
+//! flags, revocations), and a full store never clears itself: a new counter takes the
+//! place of an expired one, else of the one whose loss forgives the least among 16
+//! sampled (the lowest count, then the oldest), so each insert costs the same whatever
+//! the store's size. A client hammering a limit holds the highest count around and is
+//! the last to be forgotten. Blocks and revocations are decisions, never replaced: a
+//! full map of them refuses new ones (counted, logged).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rampart::algorithms::{self, State, Want};
+use rampart::policy::Algorithm;
 use rampart::wire::Rule;
 
 use super::{Applied, KeyInfo, KeyState, Mode, Observe};
+use crate::bounded::{BoundedMap, Evicted};
+use crate::metrics::METRICS;
 
-/// Most counters held; past it, expired ones are dropped first, then the whole map is
-/// cleared (every limit restarts) rather than growing without bound.
+/// Most counters held (and most of each kind of guard).
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 struct Entry {
     state: State,
+    alg: Algorithm,
     /// After this (ns since epoch) the counter is back to empty and can be dropped.
     expires_ns: u64,
+    /// When the counter was created: the tie-break between equal counts.
+    since_ns: u64,
 }
 
 pub struct MemoryStore {
-    map: Mutex<HashMap<String, Entry>>,
+    map: Mutex<BoundedMap<Entry>>,
     guards: Mutex<Guards>,
-    max_keys: usize,
+    /// When "full" was last logged (ns): once a minute at most.
+    full_logged_ns: AtomicU64,
 }
 
-/// Revocations, blocks, flags and distinct-client sets. Each map holds at most
-/// `max_keys` entries; a client set at most its limit + 1 members (enough to decide).
-#[derive(Default)]
+/// Revocations, blocks, flags and distinct-client sets, `max_keys` of each; a client
+/// set holds at most its limit + 1 members (enough to decide).
 struct Guards {
-    revoked: HashMap<String, String>,
-    blocked: HashMap<String, u64>,
-    flagged: HashMap<String, u64>,
-    seen: HashMap<String, (HashSet<String>, u64)>,
+    revoked: BoundedMap<String>,
+    blocked: BoundedMap<u64>,
+    flagged: BoundedMap<u64>,
+    seen: BoundedMap<(HashSet<String>, u64)>,
 }
 
-fn bounded<V>(map: &mut HashMap<String, V>, max: usize, live: impl Fn(&V) -> bool) -> bool {
-    if map.len() >= max {
-        map.retain(|_, v| live(v));
-    }
-    map.len() < max
+/// Cost of dropping an entry that expires at `until`: 0 once expired, else all the same
+/// (such maps refuse rather than replace).
+fn live_until(until: u64, now: u64) -> u128 {
+    u128::from(until > now)
 }
 
 fn now_ns() -> u64 {
@@ -54,15 +67,61 @@ const NS_PER_MS: u64 = 1_000_000;
 impl MemoryStore {
     pub fn new(max_keys: usize) -> MemoryStore {
         MemoryStore {
-            map: Mutex::new(HashMap::new()),
-            guards: Mutex::new(Guards::default()),
-            max_keys: max_keys.max(1),
+            map: Mutex::new(BoundedMap::new(max_keys)),
+            guards: Mutex::new(Guards {
+                revoked: BoundedMap::new(max_keys),
+                blocked: BoundedMap::new(max_keys),
+                flagged: BoundedMap::new(max_keys),
+                seen: BoundedMap::new(max_keys),
+            }),
+            full_logged_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts what making room did, and tells the operator once a minute.
+    fn note_full(&self, what: &str, outcome: Result<Option<Evicted>, ()>, now: u64) {
+        match outcome {
+            Ok(None) => return,
+            Ok(Some(Evicted::Expired)) => {
+                METRICS.memory_expired.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(Some(Evicted::Replaced)) => METRICS.memory_replaced.fetch_add(1, Relaxed),
+            Err(()) => METRICS.memory_refused.fetch_add(1, Relaxed),
+        };
+        let last = self.full_logged_ns.load(Relaxed);
+        if now.saturating_sub(last) >= 60_000_000_000
+            && self
+                .full_logged_ns
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            match outcome {
+                Err(()) => log::warn!("memory store: {what} full (--max-keys): new ones are refused; raise --max-keys"),
+                _ => log::warn!(
+                    "memory store: {what} full (--max-keys): the least used are replaced, forgiving what they held; \
+                     raise --max-keys"
+                ),
+            }
         }
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().map_or(0, |m| m.len())
+    }
+
+    /// Counter entries looked at to make room, in all.
+    #[cfg(test)]
+    pub fn examined(&self) -> u64 {
+        self.map.lock().map_or(0, |m| m.examined())
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, BoundedMap<Entry>> {
+        match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     pub fn apply(&self, key: &str, rule: Rule, cost: u64, mode: Mode, seen: Observe<'_>) -> Applied {
@@ -99,11 +158,20 @@ impl MemoryStore {
         let mut applied = self.charge(key, rule, cost, mode, now);
         if let Some(d) = seen.distinct.filter(|_| !seen.clients.is_empty()) {
             let mut g = self.guards();
-            let max = self.max_keys;
-            if !g.seen.contains_key(key) && !bounded(&mut g.seen, max, |(_, exp)| *exp > now) {
-                return applied;
+            if !g.seen.contains_key(key) {
+                // The set that goes is the least suspicious: fewest clients, expired first.
+                let made = g.seen.insert(key, (HashSet::new(), 0), true, |(set, exp)| {
+                    if *exp <= now {
+                        0
+                    } else {
+                        set.len() as u128 + 1
+                    }
+                });
+                self.note_full("distinct-client sets", made.map_err(|_| ()), now);
             }
-            let entry = g.seen.entry(key.to_string()).or_insert_with(|| (HashSet::new(), 0));
+            let Some(entry) = g.seen.get_mut(key) else {
+                return applied;
+            };
             if entry.1 <= now {
                 *entry = (
                     HashSet::new(),
@@ -120,16 +188,14 @@ impl MemoryStore {
             if applied.distinct > d.limit {
                 if d.block {
                     let until = now.saturating_add(d.cooldown_ms.saturating_mul(NS_PER_MS));
-                    if bounded(&mut g.blocked, max, |u| *u > now) {
-                        g.blocked.insert(key.to_string(), until);
-                    }
+                    let made = g.blocked.insert(key, until, false, |u| live_until(*u, now));
+                    self.note_full("blocks", made.map_err(|_| ()), now);
                     applied.state = KeyState::Blocked;
                     applied.retry_after_ms = d.cooldown_ms;
                 } else {
                     let until = now.saturating_add(d.window_ms.saturating_mul(NS_PER_MS));
-                    if bounded(&mut g.flagged, max, |u| *u > now) {
-                        g.flagged.insert(key.to_string(), until);
-                    }
+                    let made = g.flagged.insert(key, until, false, |u| live_until(*u, now));
+                    self.note_full("flags", made.map_err(|_| ()), now);
                     applied.state = KeyState::Flagged;
                 }
             }
@@ -137,12 +203,12 @@ impl MemoryStore {
         applied
     }
 
-    pub fn revoke(&self, key: &str, reason: &str) {
+    /// `false` when the store already holds `--max-keys` revocations.
+    pub fn revoke(&self, key: &str, reason: &str) -> bool {
         let mut g = self.guards();
-        let max = self.max_keys;
-        if g.revoked.contains_key(key) || bounded(&mut g.revoked, max, |_| true) {
-            g.revoked.insert(key.to_string(), reason.to_string());
-        }
+        let made = g.revoked.insert(key, reason.to_string(), false, |_| 1);
+        self.note_full("revocations", made.as_ref().map(|_| None).map_err(|_| ()), now_ns());
+        made.is_ok()
     }
 
     pub fn restore(&self, key: &str) {
@@ -195,10 +261,7 @@ impl MemoryStore {
             Mode::Check => Want::UpTo(cost),
             Mode::Record => Want::Record(cost),
         };
-        let mut map = match self.map.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.counters();
         let raw = map.get(key).filter(|e| e.expires_ns > now).map(|e| e.state);
         let (d, next) = algorithms::charge(
             &alg,
@@ -212,20 +275,32 @@ impl MemoryStore {
             // A counter is empty again one full window after its last change (two for
             // sliding windows, whose previous window still weighs in).
             let keep = rule.window_ms().saturating_mul(2 * NS_PER_MS).max(d.reset_ns);
-            if map.len() >= self.max_keys && !map.contains_key(key) {
-                map.retain(|_, e| e.expires_ns > now);
-                if map.len() >= self.max_keys {
-                    log::warn!("memory store full ({} keys): clearing all counters", map.len());
-                    map.clear();
-                }
-            }
-            map.insert(
-                key.to_string(),
-                Entry {
+            let expires_ns = now.saturating_add(keep);
+            if let Some(e) = map.get_mut(key).filter(|e| e.alg == alg) {
+                e.state = state;
+                e.expires_ns = expires_ns;
+            } else {
+                let fresh = Entry {
                     state,
-                    expires_ns: now.saturating_add(keep),
-                },
-            );
+                    alg,
+                    expires_ns,
+                    since_ns: now,
+                };
+                // What dropping a counter forgives: its count now (0: nothing), then
+                // the oldest of equal counts.
+                let made = map.insert(key, fresh, true, |e| {
+                    let used = match e.expires_ns > now {
+                        true => algorithms::usage(&e.alg, algorithms::decode(&e.alg, Some(&e.state)), now),
+                        false => 0,
+                    };
+                    match used {
+                        0 => 0,
+                        n => (u128::from(n) << 64) | u128::from(e.since_ns),
+                    }
+                });
+                drop(map);
+                self.note_full("counters", made.map_err(|_| ()), now);
+            }
         }
         let granted = match mode {
             Mode::Check => d.granted,

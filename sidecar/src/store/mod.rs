@@ -113,10 +113,11 @@ impl Store {
 
     pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
         match self {
-            Store::Memory(m) => {
-                m.revoke(key, reason);
-                Ok(())
-            }
+            Store::Memory(m) if m.revoke(key, reason) => Ok(()),
+            Store::Memory(_) => Err(StoreError {
+                transient: false,
+                message: "the memory store holds --max-keys revocations already".into(),
+            }),
             Store::Redis(r) => r.revoke(key, reason).await,
         }
     }

@@ -184,16 +184,55 @@ fn memory_store() {
 }
 
 #[test]
-fn memory_store_is_bounded() {
-    let m = MemoryStore::new(100);
+fn memory_store_is_bounded_and_a_full_one_forgets_the_least() {
+    const MAX: usize = 1_000;
+    let m = MemoryStore::new(MAX);
     let rule = Rule::FixedWindow {
-        limit: 5,
+        limit: 3,
         window_ms: 3_600_000,
     };
-    for i in 0..1000 {
-        m.apply(&format!("k{i}"), rule, 1, Mode::Check, Observe::default());
+    let check = |key: &str| m.apply(key, rule, 1, Mode::Check, Observe::default()).granted;
+    let hot = "hammering-client";
+    assert_eq!((0..4).map(|_| check(hot)).sum::<u64>(), 3, "at its limit");
+    // Ten times the store's size in other keys passes through, one check each.
+    for i in 0..10 * MAX {
+        assert_eq!(check(&format!("k{i}")), 1, "key {i} admitted");
+        assert!(m.len() <= MAX, "{} keys held", m.len());
+        if i % 997 == 0 {
+            assert_eq!(check(hot), 0, "forgiven after {i} other keys");
+        }
     }
-    assert!(m.len() <= 100, "{} keys held", m.len());
+    assert_eq!(check(hot), 0, "still limited");
+}
+
+#[test]
+fn a_full_memory_store_does_the_same_work_per_insert_whatever_its_size() {
+    // Churn through a full store of 1,000 and one of 1,000,000 keys: each insert looks
+    // at the same few entries (the old store scanned every key once full). The times
+    // are printed, not asserted.
+    let rule = Rule::FixedWindow {
+        limit: 3,
+        window_ms: 3_600_000,
+    };
+    for max in [1_000, 1_000_000] {
+        let m = MemoryStore::new(max);
+        for i in 0..max {
+            m.apply(&format!("fill{i}"), rule, 1, Mode::Check, Observe::default());
+        }
+        assert_eq!(m.examined(), 0, "nothing to make room for until full");
+        const CHURN: u64 = 20_000;
+        let t = std::time::Instant::now();
+        for i in 0..CHURN {
+            m.apply(&format!("churn{i}"), rule, 1, Mode::Check, Observe::default());
+        }
+        let per = t.elapsed() / CHURN as u32;
+        eprintln!(
+            "full store of {max} keys: {per:?} per insert, {} entries examined",
+            m.examined()
+        );
+        assert_eq!(m.examined(), CHURN * crate::bounded::SAMPLES as u64);
+        assert_eq!(m.len(), max);
+    }
 }
 
 #[test]
