@@ -57,7 +57,7 @@ fn main() {
 
 async fn serve(args: Args) -> Result<(), String> {
     let store = match &args.store {
-        StoreChoice::Memory => Store::Memory(MemoryStore::new(args.max_keys)),
+        StoreChoice::Memory => Store::Memory(Box::new(MemoryStore::new(args.max_keys))),
         StoreChoice::Redis(url) => Store::Redis(
             RedisStore::connect_single(url, args.redis_timeout)
                 .await

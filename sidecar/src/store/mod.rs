@@ -92,7 +92,7 @@ impl std::fmt::Display for StoreError {
 }
 
 pub enum Store {
-    Memory(memory::MemoryStore),
+    Memory(Box<memory::MemoryStore>),
     Redis(redis::RedisStore),
 }
 

@@ -180,7 +180,7 @@ async fn guards(store: &Store, tag: &str) {
 
 #[test]
 fn memory_store() {
-    rt().block_on(suite(&Store::Memory(MemoryStore::new(1000)), "m"));
+    rt().block_on(suite(&Store::Memory(Box::new(MemoryStore::new(1000))), "m"));
 }
 
 #[test]
