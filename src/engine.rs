@@ -528,12 +528,14 @@ impl Engine {
     ) -> Result<Option<T>, HostError> {
         let buckets = table::buckets_for(self.policy.layers[i].table_slots());
         let home = Home::of(client, buckets);
-        let keys = home.buckets.map(|b| self.bucket_key(i, b));
         let n = if home.one_bucket() { 1 } else { 2 };
+        // The second bucket's name is only made when the first does not hold the client.
+        let mut keys: [Option<String>; 2] = [Some(self.bucket_key(i, home.buckets[0])), None];
         for _ in 0..MAX_CAS_ATTEMPTS {
             let mut read: [(Vec<u8>, u32); 2] = Default::default();
             let mut found = None;
-            for (which, key) in keys.iter().enumerate().take(n) {
+            for which in 0..n {
+                let key = keys[which].get_or_insert_with(|| self.bucket_key(i, home.buckets[which]));
                 let (raw, cas) = host.shared_get(key)?;
                 read[which] = (raw.unwrap_or_default(), cas);
                 if let Some((at, e)) = table::find(&read[which].0, home.fp) {
@@ -560,7 +562,8 @@ impl Engine {
             let Some(fields) = next else { return Ok(Some(out)) };
             let (bucket, cas) = &read[which];
             let value = table::put(bucket, at, &Entry { fields, ..entry });
-            if host.shared_set(&keys[which], &value, *cas)? == SetOutcome::Stored {
+            let key = keys[which].get_or_insert_with(|| self.bucket_key(i, home.buckets[which]));
+            if host.shared_set(key, &value, *cas)? == SetOutcome::Stored {
                 if replaces {
                     host.count(i, Event::TableFull);
                 }
