@@ -105,10 +105,15 @@ impl<V> BoundedMap<V> {
         let mut evicted = None;
         if self.entries.len() >= self.max {
             // Expired entries are free whatever the caller allows.
-            let n = self.entries.len() as u64;
+            let n = self.entries.len();
             let mut best: Option<(u128, usize)> = None;
-            for _ in 0..SAMPLES.min(self.entries.len()) {
-                let i = (self.next() % n) as usize;
+            for k in 0..SAMPLES.min(n) {
+                // A map no larger than the sample is looked at whole.
+                let i = if n <= SAMPLES {
+                    k
+                } else {
+                    (self.next() % n as u64) as usize
+                };
                 let c = cost(&self.entries[i].1);
                 self.examined += 1;
                 if best.is_none_or(|(b, _)| c < b) {
@@ -162,7 +167,7 @@ mod tests {
         for (k, v) in [("a", 5), ("b", 0), ("c", 5), ("d", 5)] {
             m.insert(k, v, false, |v| u128::from(*v)).unwrap();
         }
-        // Only b is expired; sampling 16 of 4 finds it.
+        // Only b is expired; a map of 4 is looked at whole.
         assert_eq!(m.insert("e", 5, false, |v| u128::from(*v)), Ok(Some(Evicted::Expired)));
         assert!(!m.contains_key("b"));
         assert_eq!(m.insert("f", 5, false, |v| u128::from(*v)), Err(5));

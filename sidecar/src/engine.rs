@@ -12,7 +12,6 @@
 //!   first rejection skips the rest, so a rejected request eats no later quota.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use rampart::wire::{add_client, Denied, Distinct, Hit, Outcome, Rule};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bounded::BoundedMap;
+use crate::health::Health;
 use crate::metrics::METRICS;
 use crate::store::{Applied, KeyState, Mode, Observe, Store, StoreError};
 
@@ -53,15 +53,18 @@ struct Closed {
 pub struct Engine {
     queue: mpsc::Sender<Job>,
     closed: Mutex<BoundedMap<Closed>>,
+    pub health: Arc<Health>,
 }
 
 impl Engine {
     pub fn start(store: Arc<Store>) -> Arc<Engine> {
         let (tx, rx) = mpsc::channel(MAX_QUEUE);
-        tokio::spawn(run(store, rx));
+        let health = Arc::new(Health::default());
+        tokio::spawn(run(store, rx, Arc::clone(&health)));
         Arc::new(Engine {
             queue: tx,
             closed: Mutex::new(BoundedMap::new(MAX_CACHED)),
+            health,
         })
     }
 
@@ -76,9 +79,12 @@ impl Engine {
             distinct: hit.distinct,
             reply,
         };
-        self.queue.try_send(job).map_err(|_| StoreError {
-            transient: true,
-            message: "sidecar queue full".into(),
+        self.queue.try_send(job).map_err(|_| {
+            self.health.refused();
+            StoreError {
+                transient: true,
+                message: "sidecar queue full".into(),
+            }
         })?;
         rx.await.unwrap_or_else(|_| {
             Err(StoreError {
@@ -141,8 +147,8 @@ impl Engine {
                 continue;
             }
             if let Some(o) = self.cached(hit) {
-                METRICS.cache_hits.fetch_add(1, Relaxed);
-                METRICS.rejected.fetch_add(1, Relaxed);
+                METRICS.cache_hits.inc();
+                METRICS.rejected.inc();
                 rejected = true;
                 out.push(o);
                 continue;
@@ -162,9 +168,9 @@ impl Engine {
             };
             note(a.state);
             if allowed {
-                METRICS.allowed.fetch_add(1, Relaxed);
+                METRICS.allowed.inc();
             } else {
-                METRICS.rejected.fetch_add(1, Relaxed);
+                METRICS.rejected.inc();
                 rejected = true;
                 if denied.is_none() {
                     self.remember(hit, o);
@@ -181,7 +187,7 @@ impl Engine {
         let mut out = Vec::with_capacity(hits.len());
         for (hit, r) in hits.iter().zip(results) {
             let a = r?;
-            METRICS.recorded.fetch_add(hit.cost, Relaxed);
+            METRICS.recorded.inc_by(hit.cost);
             note(a.state);
             out.push(Outcome {
                 allowed: a.remaining > 0,
@@ -208,14 +214,14 @@ fn denial(state: KeyState) -> Option<Denied> {
 
 fn note(state: KeyState) {
     match state {
-        KeyState::Flagged => METRICS.flagged.fetch_add(1, Relaxed),
-        KeyState::Revoked | KeyState::Blocked => METRICS.denied.fetch_add(1, Relaxed),
-        KeyState::Ok => 0,
+        KeyState::Flagged => METRICS.flagged.inc(),
+        KeyState::Revoked | KeyState::Blocked => METRICS.denied.inc(),
+        KeyState::Ok => {}
     };
 }
 
 /// The single worker: drain, merge by counter, apply concurrently, hand out results.
-async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
+async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>) {
     // A few batches may be in flight at once: a new batch need not wait for the last
     // one's Redis round trip (that wait is latency every sync request would pay), yet
     // hits arriving meanwhile still pile up into the next batch and coalesce.
@@ -227,15 +233,16 @@ async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
         };
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let store = Arc::clone(&store);
+        let health = Arc::clone(&health);
         tokio::spawn(async move {
-            execute(&store, jobs).await;
+            execute(&store, jobs, &health).await;
             drop(permit);
         });
     }
 }
 
 /// Merges a batch by counter and applies the merged hits concurrently.
-async fn execute(store: &Arc<Store>, batch: Vec<Job>) {
+async fn execute(store: &Arc<Store>, batch: Vec<Job>, health: &Health) {
     let mut groups: HashMap<(String, Rule, Mode), Vec<Job>> = HashMap::new();
     for job in batch {
         groups
@@ -245,8 +252,8 @@ async fn execute(store: &Arc<Store>, batch: Vec<Job>) {
     }
     let calls = groups.into_iter().map(|((key, rule, mode), jobs)| async move {
         let cost: u64 = jobs.iter().map(|j| j.cost).sum();
-        METRICS.coalesced.fetch_add(jobs.len() as u64 - 1, Relaxed);
-        METRICS.store_calls.fetch_add(1, Relaxed);
+        METRICS.coalesced.inc_by(jobs.len() as u64 - 1);
+        METRICS.store_calls.inc();
         // Merged hits carry their clients together (deduplicated, capped).
         let mut clients: Vec<String> = Vec::new();
         for c in jobs.iter().flat_map(|j| j.clients.iter()) {
@@ -265,6 +272,10 @@ async fn execute(store: &Arc<Store>, batch: Vec<Job>) {
                 },
             )
             .await;
+        match &result {
+            Ok(_) => health.answered(),
+            Err(e) => health.failed(e),
+        }
         distribute(jobs, result);
     });
     join_all(calls).await;
@@ -277,9 +288,9 @@ fn distribute(jobs: Vec<Job>, result: Result<Applied, StoreError>) {
         Ok(a) => a,
         Err(e) => {
             if e.transient {
-                METRICS.errors_transient.fetch_add(1, Relaxed);
+                METRICS.errors_transient.inc();
             } else {
-                METRICS.errors_permanent.fetch_add(1, Relaxed);
+                METRICS.errors_permanent.inc();
             }
             for j in jobs {
                 let _ = j.reply.send(Err(e.clone()));

@@ -2,7 +2,6 @@
 //! `GET /metrics`. Bodies are `rampart::wire` JSON. Every refusal names its reason.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -56,20 +55,29 @@ impl App {
     async fn route(&self, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/healthz") => match self.store.healthy().await {
-                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-            },
-            (&Method::GET, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                METRICS.render(self.store.name()),
-            ),
+            (&Method::GET, "/healthz") => {
+                // Which store, what it is connected to, and whether it answers now.
+                let ping = self.store.healthy().await;
+                let mut body = serde_json::json!({
+                    "store": self.store.name(),
+                    "connected_to": self.store.describe(),
+                    "answering": ping.is_ok(),
+                    "recent_calls_failing": !self.engine.health.answering(),
+                });
+                match ping {
+                    Ok(()) => reply(StatusCode::OK, "application/json", body.to_string()),
+                    Err(e) => {
+                        body["error"] = serde_json::json!(e.to_string());
+                        reply(StatusCode::SERVICE_UNAVAILABLE, "application/json", body.to_string())
+                    }
+                }
+            }
+            (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", METRICS.render()),
             (&Method::POST, "/v1/check") | (&Method::POST, "/v1/report") => {
                 if let Some(token) = &self.token {
                     let given = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or(b"");
                     if !same(given, token.as_bytes()) {
-                        METRICS.unauthorized.fetch_add(1, Relaxed);
+                        METRICS.unauthorized.inc();
                         return error(StatusCode::UNAUTHORIZED, "missing or wrong x-rampart-token");
                     }
                 }
@@ -105,17 +113,17 @@ impl App {
             Err(too_big) => Err(too_big),
         };
         let check = parsed.inspect_err(|_| {
-            METRICS.bad_requests.fetch_add(1, Relaxed);
+            METRICS.bad_requests.inc();
         })?;
-        METRICS.check_calls.fetch_add(1, Relaxed);
+        METRICS.check_calls.inc();
         let encoded = match check {
             Check::One(batch) => {
-                METRICS.checked_requests.fetch_add(1, Relaxed);
+                METRICS.checked_requests.inc();
                 let results = self.engine.check(&batch.hits).await.map_err(unavailable)?;
                 serde_json::to_vec(&Outcomes { results })
             }
             Check::Many(requests) => {
-                METRICS.checked_requests.fetch_add(requests.len() as u64, Relaxed);
+                METRICS.checked_requests.inc_by(requests.len() as u64);
                 let answers = join_all(requests.iter().map(|r| self.engine.check(&r.hits))).await;
                 let requests = answers
                     .into_iter()
@@ -131,7 +139,7 @@ impl App {
     /// `/v1/report`: admitted hits to record; answers every counter's standing.
     async fn report(&self, req: Request<Incoming>) -> Result<Vec<u8>, Reply> {
         let batch = read_batch(req, true).await.inspect_err(|_| {
-            METRICS.bad_requests.fetch_add(1, Relaxed);
+            METRICS.bad_requests.inc();
         })?;
         let results = self.engine.report(&batch.hits).await.map_err(unavailable)?;
         serde_json::to_vec(&Outcomes { results }).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
@@ -150,7 +158,7 @@ impl App {
             .map(|v| v.as_bytes())
             .unwrap_or(b"");
         if !same(given, token.as_bytes()) {
-            METRICS.unauthorized.fetch_add(1, Relaxed);
+            METRICS.unauthorized.inc();
             return error(StatusCode::UNAUTHORIZED, "missing or wrong x-rampart-admin-token");
         }
         let method = req.method().clone();

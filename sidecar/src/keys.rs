@@ -7,85 +7,98 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use clap::{Args, Subcommand};
 use rampart::cluster::FleetKey;
 use rampart::engine::DEFAULT_KEY_SECRET;
 
 use crate::http::ADMIN_TOKEN_HEADER;
 
-pub const HELP: &str = "\
-rampart-sidecar keys: revoke or inspect API keys on every gateway of the fleet.
+/// `rampart-sidecar keys ...`
+#[derive(Args)]
+#[command(
+    arg_required_else_help = true,
+    after_help = "A revoked key gets 403 {\"error\":\"key_revoked\"} from every gateway: at once on sync\n\
+                  layers, within one sync interval on async ones. `restore` also lifts blocks and flags."
+)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    action: Action,
 
-USAGE:
-  rampart-sidecar keys revoke  --layer NAME --api-key KEY [--reason TEXT]
-  rampart-sidecar keys restore --layer NAME --api-key KEY
-  rampart-sidecar keys inspect --layer NAME --api-key KEY
-  rampart-sidecar keys list
+    /// A sidecar of the fleet (they share Redis).
+    #[arg(long, global = true, value_name = "HOST:PORT", default_value = "127.0.0.1:8081")]
+    sidecar: String,
 
-OPTIONS:
-  --sidecar HOST:PORT   A sidecar of the fleet (they share Redis). Default 127.0.0.1:8081.
-  --admin-token TOKEN   The sidecar's --admin-token (or RAMPART_ADMIN_TOKEN).
-  --key-secret SECRET   The filter's sidecar.key_secret (or RAMPART_KEY_SECRET); without
-                        it the filter's built-in default is assumed.
-  --layer NAME          The cluster layer keyed by the API key (e.g. keys).
-  --api-key KEY         The API key, in clear: it is hashed here before it is sent.
-  --query               The layer is keyed by a query parameter (query:<name>), not a header.
-  --name LAYER:HASH     The counter name instead of --layer/--api-key (as logs show it).
-  --reason TEXT         Why, kept with the revocation.
+    /// The sidecar's --admin-token.
+    #[arg(
+        long = "admin-token",
+        global = true,
+        value_name = "TOKEN",
+        env = "RAMPART_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
 
-A revoked key gets 403 {\"error\":\"key_revoked\"} from every gateway: at once on sync
-layers, within one sync interval on async ones. `restore` also lifts blocks and flags.
-";
+    /// The filter's sidecar.key_secret; without it the filter's built-in default.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECRET",
+        env = "RAMPART_KEY_SECRET",
+        hide_env_values = true
+    )]
+    key_secret: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Refuse a key on every gateway (403) until restored.
+    Revoke {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Why, kept with the revocation.
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+    },
+    /// Lift a revocation, and any block or flag.
+    Restore {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Show a key's standing: revoked, blocked, flagged, distinct clients.
+    Inspect {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// List the keys that are revoked, blocked or flagged now.
+    List,
+}
+
+/// Which counter: a layer and an API key in clear (hashed here), or its name.
+#[derive(Args)]
+struct KeyArgs {
+    /// The cluster layer keyed by the API key (e.g. keys).
+    #[arg(long, value_name = "NAME", requires = "api_key")]
+    layer: Option<String>,
+    /// The API key, in clear: it is hashed here before it is sent.
+    #[arg(long, value_name = "KEY", requires = "layer")]
+    api_key: Option<String>,
+    /// The layer is keyed by a query parameter (query:<name>), not a header.
+    #[arg(long)]
+    query: bool,
+    /// The counter name instead of --layer/--api-key (as logs show it).
+    #[arg(long, value_name = "LAYER:HASH", conflicts_with_all = ["layer", "api_key"])]
+    name: Option<String>,
+}
 
 struct Opts {
     sidecar: String,
     admin_token: Option<String>,
     key_secret: String,
-    layer: Option<String>,
-    api_key: Option<String>,
-    query: bool,
-    name: Option<String>,
-    reason: String,
 }
 
-fn parse(args: &[String]) -> Result<(String, Opts), String> {
-    let mut it = args.iter();
-    let action = it
-        .next()
-        .ok_or("give an action: revoke, restore, inspect or list")?
-        .clone();
-    let mut o = Opts {
-        sidecar: "127.0.0.1:8081".into(),
-        admin_token: std::env::var("RAMPART_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
-        key_secret: std::env::var("RAMPART_KEY_SECRET")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .unwrap_or(DEFAULT_KEY_SECRET.into()),
-        layer: None,
-        api_key: None,
-        query: false,
-        name: None,
-        reason: "revoked by an operator".into(),
-    };
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
-        match flag.as_str() {
-            "--sidecar" => o.sidecar = value("--sidecar")?,
-            "--admin-token" => o.admin_token = Some(value("--admin-token")?),
-            "--key-secret" => o.key_secret = value("--key-secret")?,
-            "--layer" => o.layer = Some(value("--layer")?),
-            "--api-key" => o.api_key = Some(value("--api-key")?),
-            "--name" => o.name = Some(value("--name")?),
-            "--reason" => o.reason = value("--reason")?,
-            "--query" => o.query = true,
-            other => return Err(format!("unknown flag {other:?}")),
-        }
-    }
-    Ok((action, o))
-}
-
-impl Opts {
+impl KeyArgs {
     /// The counter name the filter uses for this layer and key.
-    fn counter_name(&self) -> Result<String, String> {
+    fn counter_name(&self, key_secret: &str) -> Result<String, String> {
         if let Some(n) = &self.name {
             return Ok(n.clone());
         }
@@ -94,7 +107,7 @@ impl Opts {
         };
         // Tags as in the filter's key parts: 4 = header, 5 = query parameter.
         let tag = if self.query { 5 } else { 4 };
-        Ok(FleetKey::from_secret(&self.key_secret).counter_name(layer, &[(tag, key.as_bytes().to_vec())]))
+        Ok(FleetKey::from_secret(key_secret).counter_name(layer, &[(tag, key.as_bytes().to_vec())]))
     }
 }
 
@@ -124,38 +137,44 @@ fn call(o: &Opts, method: &str, path: &str, body: &str) -> Result<(u16, String),
     Ok((status, body))
 }
 
-pub fn main(args: &[String]) -> i32 {
-    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{HELP}");
-        return if args.is_empty() { 2 } else { 0 };
-    }
-    let run = || -> Result<String, String> {
-        let (action, o) = parse(args)?;
-        let (method, path, body) = match action.as_str() {
-            "list" => ("GET", "/v1/admin/keys".to_string(), String::new()),
-            "inspect" => (
+pub fn run(args: KeysArgs) -> i32 {
+    let o = Opts {
+        sidecar: args.sidecar,
+        admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        key_secret: args
+            .key_secret
+            .filter(|t| !t.is_empty())
+            .unwrap_or(DEFAULT_KEY_SECRET.into()),
+    };
+    let secret = o.key_secret.clone();
+    let request = || -> Result<(&str, String, String), String> {
+        Ok(match &args.action {
+            Action::List => ("GET", "/v1/admin/keys".to_string(), String::new()),
+            Action::Inspect { key } => (
                 "GET",
-                format!("/v1/admin/keys/inspect?key={}", o.counter_name()?),
+                format!("/v1/admin/keys/inspect?key={}", key.counter_name(&secret)?),
                 String::new(),
             ),
-            "revoke" => {
-                let body = serde_json::json!({ "key": o.counter_name()?, "reason": o.reason }).to_string();
-                ("POST", "/v1/admin/keys/revoke".to_string(), body)
-            }
-            "restore" => (
+            Action::Revoke { key, reason } => (
+                "POST",
+                "/v1/admin/keys/revoke".to_string(),
+                serde_json::json!({ "key": key.counter_name(&secret)?, "reason": reason }).to_string(),
+            ),
+            Action::Restore { key } => (
                 "POST",
                 "/v1/admin/keys/restore".to_string(),
-                serde_json::json!({ "key": o.counter_name()? }).to_string(),
+                serde_json::json!({ "key": key.counter_name(&secret)? }).to_string(),
             ),
-            other => return Err(format!("unknown action {other:?}: revoke, restore, inspect or list")),
-        };
+        })
+    };
+    let outcome = request().and_then(|(method, path, body)| {
         let (status, answer) = call(&o, method, &path, &body)?;
         if status != 200 {
             return Err(format!("sidecar answered {status}: {}", answer.trim()));
         }
         Ok(answer)
-    };
-    match run() {
+    });
+    match outcome {
         Ok(answer) => {
             println!("{}", answer.trim());
             0

@@ -3,6 +3,7 @@
 mod bounded;
 mod cli;
 mod engine;
+mod health;
 mod http;
 mod keys;
 mod metrics;
@@ -15,31 +16,29 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::cli::{Args, StoreChoice};
+use clap::Parser;
+
+use crate::cli::{Cli, Command, RunArgs, StoreChoice};
+use crate::store::connection::Target;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 fn main() {
-    // Timestamped lines on stderr; RUST_LOG=debug (or warn, ...) changes the level.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().map(String::as_str) == Some("keys") {
-        std::process::exit(keys::main(&argv[1..]));
+    let cli = Cli::parse();
+    if let Some(Command::Keys(keys)) = cli.command {
+        std::process::exit(keys::run(keys));
     }
-    let args = match cli::parse(argv.into_iter()) {
-        Ok(cli::Parsed::Run(a)) => a,
-        Ok(cli::Parsed::Help) => {
-            print!("{}", cli::HELP);
-            return;
-        }
-        Err(e) => {
-            eprintln!("rampart-sidecar: {e}\n(see rampart-sidecar --help)");
-            std::process::exit(2);
-        }
-    };
+    let args = cli.run;
+    // Timestamped lines on stderr; RUST_LOG, when set, overrides --log-level.
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(args.log_level);
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        logger.parse_filters(&filters);
+    }
+    logger.init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
+        .worker_threads(usize::from(args.threads))
         .enable_all()
         .build()
     {
@@ -55,27 +54,40 @@ fn main() {
     }
 }
 
-async fn serve(args: Args) -> Result<(), String> {
-    let store = match &args.store {
-        StoreChoice::Memory => Store::Memory(Box::new(MemoryStore::new(args.max_keys))),
-        StoreChoice::Redis(url) => Store::Redis(
-            RedisStore::connect_single(url, args.redis_timeout)
-                .await
-                .map_err(|e| format!("redis {url}: {e}"))?,
-        ),
-        StoreChoice::Cluster(urls) => Store::Redis(
-            RedisStore::connect_cluster(urls, args.redis_timeout)
-                .await
-                .map_err(|e| format!("redis cluster {}: {e}", urls.join(",")))?,
-        ),
+async fn serve(args: RunArgs) -> Result<(), String> {
+    let target = match args.store() {
+        StoreChoice::Memory => None,
+        StoreChoice::Redis(url) => Some(Target::Single(url)),
+        StoreChoice::Cluster(urls) => Some(Target::Cluster(urls)),
+        StoreChoice::Sentinel {
+            sentinels,
+            master,
+            password,
+        } => Some(Target::Sentinel {
+            sentinels,
+            master,
+            password,
+        }),
     };
+    let store = match target {
+        None => Store::Memory(Box::new(MemoryStore::new(args.max_keys))),
+        Some(t) => {
+            let what = format!("{t:?}");
+            Store::Redis(
+                RedisStore::connect(t, args.redis_timeout)
+                    .await
+                    .map_err(|e| format!("{what}: {e}"))?,
+            )
+        }
+    };
+    metrics::METRICS.set_store(store.name());
     let store = Arc::new(store);
     let engine = engine::Engine::start(Arc::clone(&store));
     let app = Arc::new(http::App {
         engine,
         store: Arc::clone(&store),
-        token: args.token.clone(),
-        admin_token: args.admin_token.clone(),
+        token: args.token(),
+        admin_token: args.admin_token(),
     });
     let listener = TcpListener::bind(&args.listen)
         .await

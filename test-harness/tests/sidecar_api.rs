@@ -212,16 +212,29 @@ fn cli_help_and_bad_flags() {
         "--listen",
         "--redis ",
         "--redis-cluster",
+        "--redis-sentinel",
+        "--sentinel-master",
         "--token",
         "--redis-timeout",
         "--max-keys",
         "--threads",
+        "--log-level",
+        "RAMPART_SIDECAR_TOKEN",
     ] {
         assert!(help.contains(flag), "--help does not explain {flag}");
     }
     let out = Command::new(sidecar_binary()).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag \"--bogus\""));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--bogus'"));
+    let out = Command::new(sidecar_binary())
+        .args(["--redis-sentinel", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "Sentinel needs --sentinel-master");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sentinel-master"));
+    let out = Command::new(sidecar_binary()).arg("keys").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "keys without an action shows its help");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoke"));
     let out = Command::new(sidecar_binary())
         .args(["--redis-timeout", "soon"])
         .output()

@@ -83,11 +83,11 @@ impl MemoryStore {
         match outcome {
             Ok(None) => return,
             Ok(Some(Evicted::Expired)) => {
-                METRICS.memory_expired.fetch_add(1, Relaxed);
+                METRICS.memory_expired.inc();
                 return;
             }
-            Ok(Some(Evicted::Replaced)) => METRICS.memory_replaced.fetch_add(1, Relaxed),
-            Err(()) => METRICS.memory_refused.fetch_add(1, Relaxed),
+            Ok(Some(Evicted::Replaced)) => METRICS.memory_replaced.inc(),
+            Err(()) => METRICS.memory_refused.inc(),
         };
         let last = self.full_logged_ns.load(Relaxed);
         if now.saturating_sub(last) >= 60_000_000_000

@@ -2,6 +2,7 @@
 //! memory store (one sidecar) or Redis (single node or Cluster, shared by many
 //! sidecars). The same test suite runs against every store.
 
+pub mod connection;
 pub mod memory;
 pub mod redis;
 #[cfg(test)]
@@ -152,6 +153,14 @@ impl Store {
         match self {
             Store::Memory(_) => Ok(()),
             Store::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// What the store is connected to (for `/healthz`).
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Memory(_) => "this process".into(),
+            Store::Redis(r) => r.describe(),
         }
     }
 

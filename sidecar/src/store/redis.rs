@@ -19,15 +19,16 @@
 //!
 //! Concurrency: one multiplexed connection (per node, in Cluster) carries every command;
 //! the sidecar issues a batch's commands concurrently, which the connection pipelines.
+//! Failovers (Cluster, Sentinel) are followed by `connection::Supervised`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 
 use rampart::wire::Rule;
 
+use super::connection::{Conn, Supervised, Target};
 use super::{Applied, KeyInfo, KeyState, Mode, Observe, StoreError};
 use crate::metrics::METRICS;
 
@@ -143,14 +144,9 @@ if capacity == 0 then retry = math.max(tat + t_each - tolerance - now, 0) end
 return {g, burst, math.max(capacity - g, 0), math.ceil((new_tat - now) / 1000), math.ceil(retry / 1000)}
 "#;
 
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
 pub struct RedisStore {
-    conn: Conn,
+    conn: Arc<Supervised>,
+    kind: &'static str,
     scripts: [Script; 3],
     timeout: Duration,
 }
@@ -177,44 +173,43 @@ fn timeout_error(after: Duration) -> StoreError {
 }
 
 impl RedisStore {
-    pub async fn connect_single(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| classify(&e))?;
-        // The manager reconnects by itself after Redis restarts or drops us.
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, cfg)
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(Self::with(Conn::Single(conn), timeout))
+    /// Connects to one Redis, a Cluster or the master Sentinel names; fails when
+    /// nothing answers.
+    pub async fn connect(target: Target, timeout: Duration) -> Result<RedisStore, StoreError> {
+        let kind = match target {
+            Target::Single(_) => "redis",
+            Target::Cluster(_) => "redis-cluster",
+            Target::Sentinel { .. } => "redis-sentinel",
+        };
+        let conn = Supervised::connect(target, timeout).await?;
+        Ok(Self::with(conn, kind, timeout))
     }
 
-    pub async fn connect_cluster(urls: &[String], timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .build()
-            .map_err(|e| classify(&e))?;
-        let conn = client.get_async_connection().await.map_err(|e| classify(&e))?;
-        Ok(Self::with(Conn::Cluster(conn), timeout))
-    }
-
-    fn with(conn: Conn, timeout: Duration) -> RedisStore {
+    fn with(conn: Arc<Supervised>, kind: &'static str, timeout: Duration) -> RedisStore {
         let script = |body: &str| Script::new(&format!("{PROLOGUE}{body}{EPILOGUE}"));
         RedisStore {
             conn,
+            kind,
             scripts: [script(FIXED), script(SLIDING), script(GCRA)],
             timeout,
         }
     }
 
     pub fn name(&self) -> &'static str {
-        match self.conn {
-            Conn::Single(_) => "redis",
-            Conn::Cluster(_) => "redis-cluster",
+        self.kind
+    }
+
+    /// What is connected now (for `/healthz`).
+    pub fn describe(&self) -> String {
+        self.conn.describe()
+    }
+
+    /// A failed call: transient errors may mean the topology moved.
+    fn failed(&self, e: StoreError) -> StoreError {
+        if e.transient {
+            self.conn.nudge();
         }
+        e
     }
 
     pub fn key(key: &str, rule: &Rule) -> String {
@@ -259,16 +254,16 @@ impl RedisStore {
         }
         let started = Instant::now();
         let call = async {
-            match self.conn.clone() {
+            match self.conn.conn() {
                 Conn::Single(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
                 Conn::Cluster(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
             }
         };
         let result = tokio::time::timeout(self.timeout, call).await;
-        METRICS.redis_latency.observe(started.elapsed());
+        METRICS.redis_latency.observe(started.elapsed().as_secs_f64());
         let values = match result {
-            Err(_) => return Err(timeout_error(self.timeout)),
-            Ok(Err(e)) => return Err(classify(&e)),
+            Err(_) => return Err(self.failed(timeout_error(self.timeout))),
+            Ok(Err(e)) => return Err(self.failed(classify(&e))),
             Ok(Ok(v)) => v,
         };
         let get = |i: usize| values.get(i).copied().unwrap_or(0).max(0) as u64;
@@ -308,14 +303,14 @@ impl RedisStore {
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let call = async {
-            match self.conn.clone() {
+            match self.conn.conn() {
                 Conn::Single(mut c) => cmd.query_async::<T>(&mut c).await,
                 Conn::Cluster(mut c) => cmd.query_async::<T>(&mut c).await,
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(timeout_error(self.timeout)),
-            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(self.failed(timeout_error(self.timeout))),
+            Ok(Err(e)) => Err(self.failed(classify(&e))),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -383,16 +378,6 @@ impl RedisStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let call = async {
-            match self.conn.clone() {
-                Conn::Single(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await,
-                Conn::Cluster(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await,
-            }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(timeout_error(self.timeout)),
-            Ok(Err(e)) => Err(classify(&e)),
-            Ok(Ok(_)) => Ok(()),
-        }
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 }

@@ -3,6 +3,7 @@
 use rampart::wire::Rule;
 use rampart_test_harness::redis::{RedisCluster, RedisNode};
 
+use super::connection::Target;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::{KeyState, Mode, Observe, Store};
@@ -240,7 +241,7 @@ fn redis_store() {
     let redis = RedisNode::start();
     rt().block_on(async {
         let store = Store::Redis(
-            RedisStore::connect_single(&redis.url(), TIMEOUT)
+            RedisStore::connect(Target::Single(redis.url()), TIMEOUT)
                 .await
                 .expect("connect"),
         );
@@ -263,7 +264,11 @@ fn redis_cluster_store() {
     let cluster = RedisCluster::start(3);
     rt().block_on(async {
         let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
-        let store = Store::Redis(RedisStore::connect_cluster(&urls, TIMEOUT).await.expect("connect"));
+        let store = Store::Redis(
+            RedisStore::connect(Target::Cluster(urls), TIMEOUT)
+                .await
+                .expect("connect"),
+        );
         suite(&store, "c").await;
         // Spread many counters: every master must hold some.
         for i in 0..60 {
@@ -282,7 +287,7 @@ fn redis_cluster_store() {
 fn redis_errors_are_classified() {
     let redis = RedisNode::start();
     rt().block_on(async {
-        let store = RedisStore::connect_single(&redis.url(), std::time::Duration::from_millis(200))
+        let store = RedisStore::connect(Target::Single(redis.url()), std::time::Duration::from_millis(200))
             .await
             .expect("connect");
         redis.freeze();
