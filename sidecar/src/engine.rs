@@ -24,6 +24,9 @@ use crate::health::Health;
 use crate::metrics::METRICS;
 use crate::store::{Applied, KeyState, Mode, Observe, Store, StoreError};
 
+/// A batch still running after this no longer counts against `MAX_BATCHES_IN_FLIGHT`
+/// (a healthy Redis answers a batch in well under a millisecond or two).
+const SLOW_BATCH: Duration = Duration::from_millis(10);
 /// Most hits one batch drains from the queue.
 pub const MAX_BATCH: usize = 4096;
 /// Queue length before new hits are refused (back-pressure instead of unbounded memory).
@@ -61,6 +64,14 @@ impl Engine {
         let (tx, rx) = mpsc::channel(MAX_QUEUE);
         let health = Arc::new(Health::default());
         tokio::spawn(run(store, rx, Arc::clone(&health)));
+        let watched = Arc::clone(&health);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                watched.tick();
+            }
+        });
         Arc::new(Engine {
             queue: tx,
             closed: Mutex::new(BoundedMap::new(MAX_CACHED)),
@@ -235,8 +246,17 @@ async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>
         let store = Arc::clone(&store);
         let health = Arc::clone(&health);
         tokio::spawn(async move {
-            execute(&store, jobs, &health).await;
-            drop(permit);
+            let work = execute(&store, jobs, &health);
+            tokio::pin!(work);
+            // A batch that waits on a slow or dead node (a Cluster master mid-failover)
+            // gives its place up: batches on healthy nodes must not queue behind it.
+            tokio::select! {
+                _ = &mut work => drop(permit),
+                _ = tokio::time::sleep(SLOW_BATCH) => {
+                    drop(permit);
+                    work.await;
+                }
+            }
         });
     }
 }

@@ -22,6 +22,8 @@ const BACKPRESSURE_EVERY: Duration = Duration::from_secs(60);
 struct Outage {
     since: Option<Instant>,
     last_error: Option<Instant>,
+    /// A call succeeded after the last error.
+    answered_since: bool,
     errors: u64,
 }
 
@@ -40,6 +42,7 @@ impl Health {
         let now = Instant::now();
         o.errors += 1;
         o.last_error = Some(now);
+        o.answered_since = false;
         if o.since.is_none() {
             o.since = Some(now);
             self.failing.store(true, Relaxed);
@@ -54,10 +57,24 @@ impl Health {
             return;
         }
         let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        o.answered_since = true;
+        self.settle(&mut o);
+    }
+
+    /// Called every so often: an outage whose errors have stopped, with a success since,
+    /// is over even when no call comes to say so.
+    pub fn tick(&self) {
+        if self.failing.load(Relaxed) {
+            let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+            self.settle(&mut o);
+        }
+    }
+
+    fn settle(&self, o: &mut Outage) {
         let (Some(since), Some(last)) = (o.since, o.last_error) else {
             return;
         };
-        if last.elapsed() < QUIET_BEFORE_BACK {
+        if !o.answered_since || last.elapsed() < QUIET_BEFORE_BACK {
             return;
         }
         log::info!(
@@ -107,7 +124,17 @@ mod tests {
         h.failed(&e);
         assert!(!h.answering(), "successes between errors do not end the outage");
         std::thread::sleep(QUIET_BEFORE_BACK);
+        h.tick();
+        assert!(!h.answering(), "no success since the last error");
         h.answered();
         assert!(h.answering());
+        h.failed(&e);
+        h.answered();
+        std::thread::sleep(QUIET_BEFORE_BACK);
+        h.tick();
+        assert!(
+            h.answering(),
+            "a success, then a quiet second: over without another call"
+        );
     }
 }

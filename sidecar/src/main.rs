@@ -33,6 +33,9 @@ fn main() {
     // Timestamped lines on stderr; RUST_LOG, when set, overrides --log-level.
     let mut logger = env_logger::Builder::new();
     logger.filter_level(args.log_level);
+    // The Redis client warns on every failed call of an outage; the sidecar says what
+    // matters once (store unreachable / back, topology changed). RUST_LOG brings it back.
+    logger.filter_module("redis", log::LevelFilter::Error);
     if let Ok(filters) = std::env::var("RUST_LOG") {
         logger.parse_filters(&filters);
     }

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::http::{get_once, Client};
@@ -23,6 +24,8 @@ pub fn sidecar_binary() -> PathBuf {
 pub struct Sidecar {
     pub port: u16,
     pub guard: Guard,
+    /// Everything it wrote to stderr (its log), as it comes.
+    log: Arc<Mutex<String>>,
 }
 
 impl Sidecar {
@@ -47,12 +50,24 @@ impl Sidecar {
             .args(store_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run rampart-sidecar: {e}"));
-        // Drain stdout so the sidecar never blocks on a full pipe.
+        // Drain stdout so the sidecar never blocks on a full pipe; keep the log.
         if let Some(out) = child.stdout.take() {
             std::thread::spawn(move || for _ in BufReader::new(out).lines() {});
+        }
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
         }
         let mut s = Sidecar {
             port,
@@ -60,6 +75,7 @@ impl Sidecar {
                 child,
                 name: "rampart-sidecar".into(),
             },
+            log,
         };
         let up = wait_for("rampart-sidecar /healthz", Duration::from_secs(20), || {
             if s.guard.exited().is_some() {
@@ -75,6 +91,11 @@ impl Sidecar {
 
     pub fn client(&self) -> Client {
         Client::new(self.port)
+    }
+
+    /// Its log so far (stderr).
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     pub fn metrics_text(&self) -> String {

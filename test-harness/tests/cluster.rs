@@ -140,8 +140,7 @@ fn redis_frozen_paused_and_killed_degrade_then_recover() {
     );
 
     // Killed and restarted on the same port (empty): the sidecar reconnects.
-    let _ = redis.guard.child.kill();
-    let _ = redis.guard.child.wait();
+    redis.kill();
     let (statuses, _) = timed(envoy, "f", 2);
     assert_eq!(statuses, [200, 429]);
     redis = RedisNode::start_on(redis_port);

@@ -1,0 +1,297 @@
+//! Fleet limits through Redis failovers: a Redis Cluster of 3 masters + 3 replicas and a
+//! Sentinel set (3 sentinels, a master and a replica), one rampart-sidecar, one Envoy
+//! with a cluster `sync` layer. A master is killed (SIGKILL) mid-traffic: no request
+//! waits past `sidecar.timeout`, fallback limits hold while the store is down, and
+//! limits are exact again on every key within 5 seconds of the promotion. Then the same
+//! after a planned `CLUSTER FAILOVER`, and after the old master rejoins as a replica.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rampart_test_harness::envoy::{Envoy, Options};
+use rampart_test_harness::http::Client;
+use rampart_test_harness::process::wait_for;
+use rampart_test_harness::redis::{command, RedisCluster, RedisSentinels};
+use rampart_test_harness::sidecar::Sidecar;
+use rampart_test_harness::upstream::Upstream;
+use serde_json::json;
+
+const LIMIT: u64 = 3;
+const FALLBACK: u64 = 2;
+const TIMEOUT_MS: u64 = 250;
+/// Fresh keys per probe: with 3 masters, each gets some (24 keys all missing one master:
+/// (2/3)^24, about 6e-5).
+const PROBE_KEYS: usize = 24;
+const RECOVERY_BOUND: Duration = Duration::from_secs(5);
+
+fn gateway(sidecar: &Sidecar, upstream: &Upstream) -> Envoy {
+    let plugin = json!({
+        "sidecar": {"upstream": "rampart_sidecar", "timeout": format!("{TIMEOUT_MS}ms"),
+                    "key_secret": "failover-test-secret"},
+        "failure_mode": "open",
+        "layers": [{"name": "keys", "key": "header:x-api-key", "algorithm": "fixed_window",
+                    "limit": LIMIT, "window": "1h", "scope": "cluster", "sync": "sync",
+                    "fallback": {"limit": FALLBACK}}]
+    });
+    Envoy::start(&Options::fleet(&plugin.to_string(), upstream.port, sidecar.port))
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// Sends LIMIT + 1 requests on each of PROBE_KEYS fresh keys; how many each admitted.
+fn probe(envoy: &Envoy) -> Vec<u64> {
+    let mut c = envoy.client();
+    (0..PROBE_KEYS)
+        .map(|_| {
+            let key = format!("probe-{}", NEXT_KEY.fetch_add(1, Ordering::SeqCst));
+            (0..=LIMIT)
+                .filter(|_| c.get("/", &[("x-api-key", key.as_bytes())]).expect("request").status == 200)
+                .count() as u64
+        })
+        .collect()
+}
+
+/// Probes until every key is exact again; returns when that was first seen. Every probe
+/// on the way must hold either the cluster limit or the fallback limit.
+fn exact_again(envoy: &Envoy, what: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let admitted = probe(envoy);
+        let seen = Instant::now();
+        assert!(
+            admitted.iter().all(|&a| a <= LIMIT + FALLBACK),
+            "{what}: more than limit + fallback admitted: {admitted:?}"
+        );
+        if admitted.iter().all(|&a| a == LIMIT) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: never exact again: {admitted:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Traffic from a few threads on fresh keys until stopped: the slowest answer, and any
+/// status other than 200/429.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    slowest: Arc<Mutex<Duration>>,
+    odd: Arc<Mutex<Vec<u16>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(port: u16) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let slowest = Arc::new(Mutex::new(Duration::ZERO));
+        let odd = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..3)
+            .map(|t| {
+                let (stop, slowest, odd) = (Arc::clone(&stop), Arc::clone(&slowest), Arc::clone(&odd));
+                std::thread::spawn(move || {
+                    let mut c = Client::new(port);
+                    let mut i = 0u64;
+                    // Bounded in time by the test's own deadlines; in count here.
+                    while !stop.load(Ordering::SeqCst) && i < 1_000_000 {
+                        i += 1;
+                        let key = format!("traffic-{t}-{}", i / 4);
+                        let started = Instant::now();
+                        // 0: no answer at all.
+                        let status = c.get("/", &[("x-api-key", key.as_bytes())]).map_or(0, |r| r.status);
+                        let took = started.elapsed();
+                        let mut s = slowest.lock().unwrap();
+                        *s = (*s).max(took);
+                        if status != 200 && status != 429 {
+                            odd.lock().unwrap().push(status);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            slowest,
+            odd,
+            threads,
+        }
+    }
+
+    /// Stops it and checks every request was answered in time, with a limit's status.
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("traffic thread");
+        }
+        let slowest = *self.slowest.lock().unwrap();
+        eprintln!("slowest answer during the failover: {slowest:?} (sidecar.timeout {TIMEOUT_MS} ms)");
+        // Time to answer once the timeout fired: the fallback's shared-data update and
+        // the loopback round trip, on a loaded 2-core machine.
+        assert!(
+            slowest < Duration::from_millis(TIMEOUT_MS + 250),
+            "a request waited {slowest:?}"
+        );
+        assert_eq!(
+            *self.odd.lock().unwrap(),
+            Vec::<u16>::new(),
+            "statuses other than 200/429"
+        );
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn cluster_failovers_crash_planned_and_rejoin_are_exact_again_within_5s() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1, Duration::from_millis(1500));
+    let sidecar = Sidecar::start(&["--redis-cluster", &cluster.urls(), "--redis-timeout", "100ms"]);
+    let upstream = Upstream::start();
+    let envoy = gateway(&sidecar, &upstream);
+    assert!(probe(&envoy).iter().all(|&a| a == LIMIT), "exact before any failure");
+
+    // A master dies mid-traffic.
+    let victim = cluster.masters()[0];
+    let heir = cluster.replicas_of(victim)[0];
+    let traffic = Traffic::start(envoy.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    cluster.nodes[victim].kill();
+    // While its slots have no master, the fallback limit holds for keys there.
+    // While its slots have no master, keys there get the fallback limit. (A key whose
+    // requests straddle a failure and a success may get both: at most limit + fallback.)
+    let during = probe(&envoy);
+    assert!(
+        during.contains(&FALLBACK) && during.iter().all(|&a| a <= LIMIT + FALLBACK),
+        "while the master is down, keys on it get the fallback limit: {during:?}"
+    );
+    wait_for("the replica's promotion", Duration::from_secs(30), || {
+        (cluster.nodes[heir].role().as_deref() == Some("master")).then_some(())
+    });
+    let promoted = Instant::now();
+    let exact = exact_again(&envoy, "after the master was killed");
+    traffic.finish();
+    eprintln!(
+        "master killed: replica promoted after {:?}, every key exact {:?} after the promotion",
+        promoted - killed,
+        exact.saturating_duration_since(promoted)
+    );
+    assert!(exact.saturating_duration_since(promoted) <= RECOVERY_BOUND);
+    // The log tells the outage and the recovery, each once, and the topology change.
+    let logged = Instant::now() + Duration::from_secs(10);
+    while count(&sidecar.log(), "store answering again") == 0 {
+        assert!(Instant::now() < logged, "no recovery logged:\n{}", sidecar.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sidecar.log();
+    assert_eq!(count(&log, "store unreachable"), 1, "{log}");
+    assert_eq!(count(&log, "store answering again"), 1, "{log}");
+    assert!(count(&log, "topology changed") >= 1, "{log}");
+    let health = rampart_test_harness::http::get_once(sidecar.port, "/healthz").unwrap();
+    assert_eq!(health.status, 200, "{}", health.body_text());
+    assert!(
+        health.body_text().contains("\"store\":\"redis-cluster\""),
+        "{}",
+        health.body_text()
+    );
+    let metrics = sidecar.metrics_text();
+    assert!(
+        !metrics.contains("rampart_sidecar_topology_refreshes_total 0"),
+        "{metrics}"
+    );
+
+    // The old master comes back and rejoins as a replica of its heir.
+    cluster.nodes[victim].restart();
+    wait_for("the old master to rejoin as a replica", Duration::from_secs(30), || {
+        let info = command(cluster.nodes[victim].port, "INFO replication").ok()?;
+        (info.contains("role:slave") && info.contains("master_link_status:up")).then_some(())
+    });
+    let rejoined = Instant::now();
+    let exact = exact_again(&envoy, "after the old master rejoined");
+    eprintln!(
+        "old master rejoined: exact {:?} after",
+        exact.saturating_duration_since(rejoined)
+    );
+    assert!(exact.saturating_duration_since(rejoined) <= RECOVERY_BOUND);
+
+    // A planned failover: the old master takes its slots back.
+    let reply = command(cluster.nodes[victim].port, "CLUSTER FAILOVER").unwrap();
+    assert!(reply.starts_with("+OK"), "{reply}");
+    wait_for("the planned failover", Duration::from_secs(30), || {
+        (cluster.nodes[victim].role().as_deref() == Some("master")).then_some(())
+    });
+    let promoted = Instant::now();
+    let exact = exact_again(&envoy, "after CLUSTER FAILOVER");
+    eprintln!(
+        "planned failover: exact {:?} after",
+        exact.saturating_duration_since(promoted)
+    );
+    assert!(exact.saturating_duration_since(promoted) <= RECOVERY_BOUND);
+}
+
+#[test]
+fn sentinel_failover_and_rejoin_are_exact_again_within_5s() {
+    let mut set = RedisSentinels::start(Duration::from_millis(1000));
+    let sidecar = Sidecar::start(&[
+        "--redis-sentinel",
+        &set.urls(),
+        "--sentinel-master",
+        rampart_test_harness::redis::SENTINEL_MASTER,
+        "--redis-timeout",
+        "100ms",
+    ]);
+    let upstream = Upstream::start();
+    let envoy = gateway(&sidecar, &upstream);
+    assert!(probe(&envoy).iter().all(|&a| a == LIMIT), "exact before any failure");
+
+    let traffic = Traffic::start(envoy.port);
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    set.master.kill();
+    // The one master is down: keys get the fallback limit until the sentinels have
+    // promoted the replica (which may happen mid-probe: a key straddling it gets at most
+    // limit + fallback).
+    let during = probe(&envoy);
+    assert!(
+        during[0] == FALLBACK && during.iter().all(|&a| a <= LIMIT + FALLBACK),
+        "while the master is down, the fallback limit holds: {during:?}\n{}",
+        sidecar.log()
+    );
+    let replica_port = set.replica.port;
+    wait_for("the sentinels' failover", Duration::from_secs(30), || {
+        (set.master_port() == Some(replica_port) && set.replica.role().as_deref() == Some("master")).then_some(())
+    });
+    let promoted = Instant::now();
+    let exact = exact_again(&envoy, "after the master was killed");
+    traffic.finish();
+    eprintln!(
+        "master killed: sentinels promoted the replica after {:?}, every key exact {:?} after",
+        promoted - killed,
+        exact.saturating_duration_since(promoted)
+    );
+    assert!(exact.saturating_duration_since(promoted) <= RECOVERY_BOUND);
+    let logged = Instant::now() + Duration::from_secs(10);
+    while count(&sidecar.log(), "store answering again") == 0 {
+        assert!(Instant::now() < logged, "no recovery logged:\n{}", sidecar.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sidecar.log();
+    assert_eq!(count(&log, "store unreachable"), 1, "{log}");
+    assert_eq!(count(&log, "store answering again"), 1, "{log}");
+    assert_eq!(count(&log, "sentinel failover noticed"), 1, "{log}");
+
+    // The old master comes back; the sentinels make it a replica of the new one.
+    set.master.restart();
+    let old = set.master.port;
+    wait_for("the old master to become a replica", Duration::from_secs(60), || {
+        let info = command(old, "INFO replication").ok()?;
+        (info.contains("role:slave") && info.contains("master_link_status:up")).then_some(())
+    });
+    let rejoined = Instant::now();
+    let exact = exact_again(&envoy, "after the old master rejoined");
+    eprintln!(
+        "old master rejoined: exact {:?} after",
+        exact.saturating_duration_since(rejoined)
+    );
+    assert!(exact.saturating_duration_since(rejoined) <= RECOVERY_BOUND);
+}
