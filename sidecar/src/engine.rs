@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bounded::BoundedMap;
 use crate::health::Health;
 use crate::metrics::METRICS;
-use crate::store::{Applied, KeyState, Mode, Observe, Store, StoreError};
+use crate::store::{Applied, Call, KeyState, Mode, Observe, Store, StoreError};
 
 /// A batch still running after this no longer counts against `MAX_BATCHES_IN_FLIGHT`
 /// (a healthy Redis answers a batch in well under a millisecond or two).
@@ -261,7 +261,8 @@ async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>
     }
 }
 
-/// Merges a batch by counter and applies the merged hits concurrently.
+/// Merges a batch by counter and applies all merged hits at once: the store charges
+/// them in as few calls as it can (one script call per Redis node and 128 counters).
 async fn execute(store: &Arc<Store>, batch: Vec<Job>, health: &Health) {
     let mut groups: HashMap<(String, Rule, Mode), Vec<Job>> = HashMap::new();
     for job in batch {
@@ -270,35 +271,58 @@ async fn execute(store: &Arc<Store>, batch: Vec<Job>, health: &Health) {
             .or_default()
             .push(job);
     }
-    let calls = groups.into_iter().map(|((key, rule, mode), jobs)| async move {
-        let cost: u64 = jobs.iter().map(|j| j.cost).sum();
-        METRICS.coalesced.inc_by(jobs.len() as u64 - 1);
-        METRICS.store_calls.inc();
-        // Merged hits carry their clients together (deduplicated, capped).
-        let mut clients: Vec<String> = Vec::new();
-        for c in jobs.iter().flat_map(|j| j.clients.iter()) {
-            add_client(&mut clients, c);
-        }
-        let distinct = jobs.iter().find_map(|j| j.distinct);
-        let result = store
-            .apply(
-                &key,
+    struct Merged {
+        key: String,
+        rule: Rule,
+        mode: Mode,
+        cost: u64,
+        clients: Vec<String>,
+        distinct: Option<Distinct>,
+        jobs: Vec<Job>,
+    }
+    let merged: Vec<Merged> = groups
+        .into_iter()
+        .map(|((key, rule, mode), jobs)| {
+            METRICS.coalesced.inc_by(jobs.len() as u64 - 1);
+            // Merged hits carry their clients together (deduplicated, capped).
+            let mut clients: Vec<String> = Vec::new();
+            for c in jobs.iter().flat_map(|j| j.clients.iter()) {
+                add_client(&mut clients, c);
+            }
+            Merged {
+                cost: jobs.iter().map(|j| j.cost).sum(),
+                distinct: jobs.iter().find_map(|j| j.distinct),
+                key,
                 rule,
-                cost,
                 mode,
-                Observe {
-                    clients: &clients,
-                    distinct,
-                },
-            )
-            .await;
+                clients,
+                jobs,
+            }
+        })
+        .collect();
+    METRICS.store_calls.inc_by(merged.len() as u64);
+    let calls: Vec<Call<'_>> = merged
+        .iter()
+        .map(|m| Call {
+            key: &m.key,
+            rule: m.rule,
+            cost: m.cost,
+            mode: m.mode,
+            seen: Observe {
+                clients: &m.clients,
+                distinct: m.distinct,
+            },
+        })
+        .collect();
+    let results = store.apply_many(&calls).await;
+    drop(calls);
+    for (m, result) in merged.into_iter().zip(results) {
         match &result {
             Ok(_) => health.answered(),
             Err(e) => health.failed(e),
         }
-        distribute(jobs, result);
-    });
-    join_all(calls).await;
+        distribute(m.jobs, result);
+    }
 }
 
 /// Hands a merged result back to the jobs in arrival order: each takes its cost from

@@ -39,6 +39,27 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// The soonest a connection error brings the next look.
 const NUDGE_GAP: Duration = Duration::from_millis(200);
 
+/// CRC16 (XMODEM), as Redis Cluster hashes keys to slots.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The Cluster slot of every key of counter `name`: they share the hash tag `{name}`.
+pub fn slot_of(name: &str) -> u16 {
+    crc16(name.as_bytes()) % 16384
+}
+
 /// What to connect to.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -227,6 +248,16 @@ impl Supervised {
 
     pub fn conn(&self) -> Conn {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The address of the master owning `slot`, as last seen (Cluster only).
+    pub fn owner_of(&self, slot: u16) -> Option<String> {
+        let v = lock(&self.view);
+        let slot = i64::from(slot);
+        v.owners
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, a)| a.clone())
     }
 
     /// A call failed in a way a topology change could explain: look again soon.
@@ -445,6 +476,15 @@ mod tests {
         );
         assert_eq!(parse_slots(&Value::Array(vec![])), None);
         assert_eq!(parse_slots(&Value::Nil), None);
+    }
+
+    #[test]
+    fn slots_are_redis_cluster_slots() {
+        // `CLUSTER KEYSLOT` on Redis 7.0.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("a"), 15495);
+        assert_eq!(slot_of("b"), 3300);
+        assert_eq!(crc16(b"123456789"), 0x31C3);
     }
 
     #[test]

@@ -71,6 +71,17 @@ impl KeyInfo {
     }
 }
 
+/// One counter update for `Store::apply_many`.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The counter's name (`<layer>:<hash>`).
+    pub key: &'a str,
+    pub rule: Rule,
+    pub cost: u64,
+    pub mode: Mode,
+    pub seen: Observe<'a>,
+}
+
 /// Check takes as many of `cost` as fit; Record adds all of it, limit or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -98,6 +109,8 @@ pub enum Store {
 }
 
 impl Store {
+    /// Charges one counter.
+    #[cfg(test)]
     pub async fn apply(
         &self,
         key: &str,
@@ -106,9 +119,31 @@ impl Store {
         mode: Mode,
         seen: Observe<'_>,
     ) -> Result<Applied, StoreError> {
+        let call = Call {
+            key,
+            rule,
+            cost,
+            mode,
+            seen,
+        };
+        let mut results = self.apply_many(std::slice::from_ref(&call)).await;
+        results.pop().unwrap_or_else(|| {
+            Err(StoreError {
+                transient: false,
+                message: "no answer".into(),
+            })
+        })
+    }
+
+    /// Charges many counters at once (each atomically, in one clock on Redis); results
+    /// in the calls' order. One failing counter does not fail the others.
+    pub async fn apply_many(&self, calls: &[Call<'_>]) -> Vec<Result<Applied, StoreError>> {
         match self {
-            Store::Memory(m) => Ok(m.apply(key, rule, cost, mode, seen)),
-            Store::Redis(r) => r.apply(key, rule, cost, mode, seen).await,
+            Store::Memory(m) => calls
+                .iter()
+                .map(|c| Ok(m.apply(c.key, c.rule, c.cost, c.mode, c.seen)))
+                .collect(),
+            Store::Redis(r) => r.apply_many(calls).await,
         }
     }
 

@@ -1,10 +1,13 @@
-//! Redis and Redis Cluster store.
+//! Redis store: one Redis, Redis Cluster or Redis behind Sentinel.
 //!
-//! Each algorithm is one Lua script over one key, so it is atomic and runs in Cluster
-//! (a single-key script always lives on one slot). Scripts take the time from Redis's
-//! own `TIME`: every sidecar sharing a Redis uses one clock for window maths, whatever
-//! the skew between their hosts. Scripts run with EVALSHA (loaded on first NOSCRIPT).
-//! Lua instead of MULTI because each decision reads before it writes.
+//! One Lua script charges a whole batch of counters (`BATCH`): atomically per counter,
+//! under Redis's own `TIME`, so every sidecar sharing a Redis uses one clock for window
+//! maths whatever the skew between their hosts. Lua instead of MULTI because each
+//! decision reads before it writes. On Redis Cluster a script may only touch keys of
+//! the node it runs on, so a batch is split by the node owning each counter's slot
+//! (from the slot map the connection follows); a counter whose slot moved meanwhile
+//! answers "non local key" and is retried alone, routed by its own key. Scripts run
+//! with EVALSHA (loaded on first NOSCRIPT).
 //!
 //! Key layout, where `<key>` is the filter's keyed hash (API keys never reach Redis in
 //! clear) and every key of one client key shares the hash tag `{<key>}`, so one script
@@ -24,130 +27,170 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{RedisError, Script};
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use redis::{RedisError, Script, Value};
 
 use rampart::wire::Rule;
 
-use super::connection::{Conn, Supervised, Target};
-use super::{Applied, KeyInfo, KeyState, Mode, Observe, StoreError};
+use super::connection::{slot_of, Conn, Supervised, Target};
+use super::{Applied, Call, KeyInfo, KeyState, Mode, StoreError};
 use crate::metrics::METRICS;
 
-/// Shared prologue: Redis time in microseconds, the arguments, and the guards.
-/// KEYS: counter, revoked, blocked, clients (HLL), flagged — all under one hash tag.
-/// ARGV: limit, window_ms, burst, cost, record (1 = add all), distinct limit (0 = off),
-/// distinct window_ms, block (1) or flag, cooldown_ms, then the client hashes.
-/// Returns {granted, limit, remaining, reset_ms, retry_ms, state, distinct} with state
-/// 0 ok, 1 revoked, 2 blocked, 3 flagged.
-const PROLOGUE: &str = r#"
+/// Every counter update: one script call charges a batch of counters, each checked for
+/// revocation and blocks, charged with its own algorithm, and its distinct clients
+/// counted, under one `TIME` (Redis's clock for all sidecars). Each counter runs under
+/// `pcall`: one that fails (a key of the wrong type, or one another Cluster node owns)
+/// answers its own error and its neighbours go on.
+///
+/// Keys are built in the script from each counter's hash tag, not declared: on Redis
+/// Cluster the script carries `allow-cross-slot-keys` and is sent to the node that owns
+/// every counter of the batch (KEYS[1], the first counter, routes it); declared keys
+/// would have to share one slot.
+///
+/// ARGV: the number of counters, then for each: tag, algorithm name, limit, window_ms,
+/// burst, cost, record (1 = add all, past the limit), distinct limit (0 = off), distinct
+/// window_ms, block (1) or flag, cooldown_ms, the number of client hashes, the hashes.
+/// Returns one entry per counter: {granted, limit, remaining, reset_ms, retry_ms, state,
+/// distinct} with state 0 ok, 1 revoked, 2 blocked, 3 flagged; or the string
+/// "ERR <message>".
+const BATCH: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local w = tonumber(ARGV[2]) * 1000
-local burst = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local record = ARGV[5] == '1'
-local function grant(capacity)
+
+local function grant(capacity, cost, record)
   if record then return cost end
   if capacity < cost then return capacity end
   return cost
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {0, limit, 0, 0, 0, 1, 0} end
-local blocked = redis.call('PTTL', KEYS[3])
-if blocked > 0 then return {0, limit, 0, 0, blocked, 2, 0} end
-local r = (function()
-"#;
 
-/// Shared epilogue: distinct clients (HyperLogLog), then flag or block.
-const EPILOGUE: &str = r#"
-end)()
-local state, seen = 0, 0
-local dlimit = tonumber(ARGV[6])
-if dlimit > 0 and #ARGV > 9 then
-  redis.call('PFADD', KEYS[4], unpack(ARGV, 10))
-  if redis.call('PTTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], ARGV[7]) end
-  seen = redis.call('PFCOUNT', KEYS[4])
-  if seen > dlimit then
-    if ARGV[8] == '1' then
-      redis.call('SET', KEYS[3], '1', 'PX', ARGV[9])
-      return {r[1], r[2], r[3], r[4], tonumber(ARGV[9]), 2, seen}
+-- Fixed window: hash {w = window number, c = count}.
+local function fixed(key, limit, w, burst, cost, record)
+  local win = math.floor(now / w)
+  local v = redis.call('HMGET', key, 'w', 'c')
+  local count = 0
+  local same = tonumber(v[1]) == win
+  if same then count = tonumber(v[2]) or 0 end
+  local reset = (win + 1) * w - now
+  local capacity = math.max(limit - count, 0)
+  local g = grant(capacity, cost, record)
+  if g > 0 then
+    redis.call('HSET', key, 'w', string.format('%d', win), 'c', string.format('%d', count + g))
+    -- HSET keeps a TTL: set it once per window, on the window's first write.
+    if not same then redis.call('PEXPIRE', key, math.ceil(reset / 1000) + 1000) end
+  end
+  local retry = 0
+  if capacity == 0 then retry = reset end
+  return {g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)}
+end
+
+-- Sliding window (two counters): hash {w, c = current count, p = previous count}.
+local function sliding(key, limit, w, burst, cost, record)
+  local win = math.floor(now / w)
+  local v = redis.call('HMGET', key, 'w', 'c', 'p')
+  local sw, cur, prev = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if sw == win then
+  elseif sw == win - 1 then prev = cur; cur = 0
+  else prev = 0; cur = 0 end
+  local elapsed = now - win * w
+  local est = prev * (w - elapsed) / w + cur
+  local capacity = math.max(math.floor(limit - est + 1e-9), 0)
+  local reset = w - elapsed
+  local g = grant(capacity, cost, record)
+  if g > 0 then
+    redis.call('HSET', key, 'w', string.format('%d', win), 'c', string.format('%d', cur + g), 'p', string.format('%d', prev))
+    -- Once per window (HSET keeps a TTL): until the next window has read this one.
+    if sw ~= win then redis.call('PEXPIRE', key, math.ceil((reset + w) / 1000) + 1000) end
+  end
+  local retry = 0
+  if capacity == 0 then
+    if cur >= limit then
+      retry = reset + math.ceil(w * (cur - limit + 1) / math.max(cur, 1))
+    else
+      retry = math.max(w - (limit - 1 - cur) * w / math.max(prev, 1) - elapsed, 1)
     end
-    redis.call('SET', KEYS[5], seen, 'PX', ARGV[7])
-    state = 3
   end
+  return {g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)}
 end
-return {r[1], r[2], r[3], r[4], r[5], state, seen}
-"#;
 
-/// Fixed window: hash {w = window number, c = count}.
-const FIXED: &str = r#"
-local win = math.floor(now / w)
-local v = redis.call('HMGET', KEYS[1], 'w', 'c')
-local count = 0
-local same = tonumber(v[1]) == win
-if same then count = tonumber(v[2]) or 0 end
-local reset = (win + 1) * w - now
-local capacity = math.max(limit - count, 0)
-local g = grant(capacity)
-if g > 0 then
-  redis.call('HSET', KEYS[1], 'w', string.format('%d', win), 'c', string.format('%d', count + g))
-  -- HSET keeps a TTL: set it once per window, on the window's first write.
-  if not same then redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1000) end
+-- Token bucket (GCRA): a string holding the theoretical arrival time in microseconds.
+local function gcra(key, limit, w, burst, cost, record)
+  local t_each = math.max(math.floor(w / limit), 1)
+  local tolerance = t_each * burst
+  local tat = math.max(tonumber(redis.call('GET', key)) or 0, now)
+  local capacity = 0
+  if tat + t_each - now <= tolerance then capacity = math.floor((tolerance - (tat - now)) / t_each) end
+  local g = grant(capacity, cost, record)
+  local new_tat = tat + t_each * g
+  if g > 0 then
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  end
+  local retry = 0
+  if capacity == 0 then retry = math.max(tat + t_each - tolerance - now, 0) end
+  return {g, burst, math.max(capacity - g, 0), math.ceil((new_tat - now) / 1000), math.ceil(retry / 1000)}
 end
-local retry = 0
-if capacity == 0 then retry = reset end
-return {g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)}
-"#;
 
-/// Sliding window (two counters): hash {w, c = current count, p = previous count}.
-const SLIDING: &str = r#"
-local win = math.floor(now / w)
-local v = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-local sw, cur, prev = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-if sw == win then
-elseif sw == win - 1 then prev = cur; cur = 0
-else prev = 0; cur = 0 end
-local elapsed = now - win * w
-local est = prev * (w - elapsed) / w + cur
-local capacity = math.max(math.floor(limit - est + 1e-9), 0)
-local reset = w - elapsed
-local g = grant(capacity)
-if g > 0 then
-  redis.call('HSET', KEYS[1], 'w', string.format('%d', win), 'c', string.format('%d', cur + g), 'p', string.format('%d', prev))
-  -- Once per window (HSET keeps a TTL): until the next window has read this one.
-  if sw ~= win then redis.call('PEXPIRE', KEYS[1], math.ceil((reset + w) / 1000) + 1000) end
+local algorithms = {fixed_window = fixed, sliding_window = sliding, token_bucket = gcra}
+
+local function one(a)
+  local tag = '{' .. ARGV[a] .. '}'
+  local limit = tonumber(ARGV[a + 2])
+  local revoked, blocked = 'rampart:v1:revoked:' .. tag, 'rampart:v1:blocked:' .. tag
+  -- One call for both guards in the common case: neither exists.
+  if redis.call('EXISTS', revoked, blocked) > 0 then
+    if redis.call('EXISTS', revoked) == 1 then return {0, limit, 0, 0, 0, 1, 0} end
+    local left = redis.call('PTTL', blocked)
+    if left > 0 then return {0, limit, 0, 0, left, 2, 0} end
+  end
+  local charge = algorithms[ARGV[a + 1]]
+  if not charge then return 'ERR unknown algorithm ' .. ARGV[a + 1] end
+  local key = 'rampart:v1:' .. ARGV[a + 1] .. ':' .. ARGV[a + 3] .. ':' .. tag
+  local r = charge(key, limit, tonumber(ARGV[a + 3]) * 1000, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6] == '1')
+  local state, seen = 0, 0
+  local dlimit, nclients = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 11])
+  if dlimit > 0 and nclients > 0 then
+    local clients = 'rampart:v1:clients:' .. tag
+    redis.call('PFADD', clients, unpack(ARGV, a + 12, a + 11 + nclients))
+    if redis.call('PTTL', clients) < 0 then redis.call('PEXPIRE', clients, ARGV[a + 8]) end
+    seen = redis.call('PFCOUNT', clients)
+    if seen > dlimit then
+      if ARGV[a + 9] == '1' then
+        redis.call('SET', blocked, '1', 'PX', ARGV[a + 10])
+        return {r[1], r[2], r[3], r[4], tonumber(ARGV[a + 10]), 2, seen}
+      end
+      redis.call('SET', 'rampart:v1:flagged:' .. tag, seen, 'PX', ARGV[a + 8])
+      state = 3
+    end
+  end
+  return {r[1], r[2], r[3], r[4], r[5], state, seen}
 end
-local retry = 0
-if capacity == 0 then
-  if cur >= limit then
-    retry = reset + math.ceil(w * (cur - limit + 1) / math.max(cur, 1))
+
+local out = {}
+local a = 2
+for i = 1, tonumber(ARGV[1]) do
+  local ok, r = pcall(one, a)
+  if ok then
+    out[i] = r
+  elseif type(r) == 'table' and r.err then
+    out[i] = 'ERR ' .. r.err
   else
-    retry = math.max(w - (limit - 1 - cur) * w / math.max(prev, 1) - elapsed, 1)
+    out[i] = 'ERR ' .. tostring(r)
   end
+  a = a + 12 + tonumber(ARGV[a + 11])
 end
-return {g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)}
+return out
 "#;
 
-/// Token bucket (GCRA): string holding the theoretical arrival time in microseconds.
-const GCRA: &str = r#"
-local t_each = math.max(math.floor(w / limit), 1)
-local tolerance = t_each * burst
-local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or 0, now)
-local capacity = 0
-if tat + t_each - now <= tolerance then capacity = math.floor((tolerance - (tat - now)) / t_each) end
-local g = grant(capacity)
-local new_tat = tat + t_each * g
-if g > 0 then
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-end
-local retry = 0
-if capacity == 0 then retry = math.max(tat + t_each - tolerance - now, 0) end
-return {g, burst, math.max(capacity - g, 0), math.ceil((new_tat - now) / 1000), math.ceil(retry / 1000)}
-"#;
+/// Counters one script call charges at most: the script holds the server while it
+/// runs (a few microseconds per counter).
+const MAX_PER_CALL: usize = 128;
 
 pub struct RedisStore {
     conn: Arc<Supervised>,
     kind: &'static str,
-    scripts: [Script; 3],
+    /// The batch script; on Cluster with `allow-cross-slot-keys` (Redis 7.0 and later).
+    script: Script,
     timeout: Duration,
 }
 
@@ -163,6 +206,51 @@ pub fn classify(e: &RedisError) -> StoreError {
         transient,
         message: e.to_string(),
     }
+}
+
+fn malformed(what: &str) -> StoreError {
+    StoreError {
+        transient: false,
+        message: format!("unexpected script answer: {what}"),
+    }
+}
+
+/// One counter's answer: seven numbers, or "ERR <message>" for a counter that failed
+/// alone (permanent: a key of the wrong type; "non local key" is retried by the caller).
+fn applied(v: &Value) -> Result<Applied, StoreError> {
+    let numbers = match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|x| match x {
+                Value::Int(n) => Some((*n).max(0) as u64),
+                _ => None,
+            })
+            .collect::<Option<Vec<u64>>>(),
+        Value::BulkString(b) => {
+            return Err(StoreError {
+                transient: false,
+                message: String::from_utf8_lossy(b).into_owned(),
+            })
+        }
+        _ => None,
+    };
+    let Some(n) = numbers.filter(|n| n.len() == 7) else {
+        return Err(malformed(&format!("{v:?}")));
+    };
+    Ok(Applied {
+        granted: n[0],
+        limit: n[1],
+        remaining: n[2],
+        reset_ms: n[3],
+        retry_after_ms: n[4],
+        state: match n[5] {
+            1 => KeyState::Revoked,
+            2 => KeyState::Blocked,
+            3 => KeyState::Flagged,
+            _ => KeyState::Ok,
+        },
+        distinct: n[6],
+    })
 }
 
 fn timeout_error(after: Duration) -> StoreError {
@@ -186,11 +274,14 @@ impl RedisStore {
     }
 
     fn with(conn: Arc<Supervised>, kind: &'static str, timeout: Duration) -> RedisStore {
-        let script = |body: &str| Script::new(&format!("{PROLOGUE}{body}{EPILOGUE}"));
+        let script = match kind {
+            "redis-cluster" => Script::new(&format!("#!lua flags=allow-cross-slot-keys\n{BATCH}")),
+            _ => Script::new(BATCH),
+        };
         RedisStore {
             conn,
             kind,
-            scripts: [script(FIXED), script(SLIDING), script(GCRA)],
+            script,
             timeout,
         }
     }
@@ -220,43 +311,111 @@ impl RedisStore {
         format!("rampart:v1:{kind}:{{{key}}}")
     }
 
-    pub async fn apply(
-        &self,
-        key: &str,
-        rule: Rule,
-        cost: u64,
-        mode: Mode,
-        seen: Observe<'_>,
-    ) -> Result<Applied, StoreError> {
-        let script = match rule {
-            Rule::FixedWindow { .. } => &self.scripts[0],
-            Rule::SlidingWindow { .. } => &self.scripts[1],
-            Rule::TokenBucket { .. } => &self.scripts[2],
-        };
-        let mut inv = script.key(Self::key(key, &rule));
-        for kind in ["revoked", "blocked", "clients", "flagged"] {
-            inv.key(Self::guard_key(kind, key));
+    /// Charges every call, in as few script calls as the topology allows: one per
+    /// `MAX_PER_CALL` counters on one Redis; per node (grouped by the slot map) on a
+    /// Cluster. Results come back in the calls' order.
+    pub async fn apply_many(&self, calls: &[Call<'_>]) -> Vec<Result<Applied, StoreError>> {
+        let mut results: Vec<Option<Result<Applied, StoreError>>> = vec![None; calls.len()];
+        // Indexes of calls, grouped by the node believed to own them.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        if self.kind == "redis-cluster" {
+            let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, c) in calls.iter().enumerate() {
+                let node = self.conn.owner_of(slot_of(c.key)).unwrap_or_default();
+                by_node.entry(node).or_default().push(i);
+            }
+            groups.extend(by_node.into_values());
+        } else {
+            groups.push((0..calls.len()).collect());
         }
-        let d = seen.distinct;
-        inv.arg(rule.limit())
-            .arg(rule.window_ms())
-            .arg(rule.burst())
-            .arg(cost)
-            .arg(if mode == Mode::Record { 1 } else { 0 })
-            .arg(d.map_or(0, |d| d.limit))
-            .arg(d.map_or(1, |d| d.window_ms))
-            .arg(d.is_some_and(|d| d.block) as u8)
-            .arg(d.map_or(1, |d| d.cooldown_ms));
-        if d.is_some() {
-            for c in seen.clients {
-                inv.arg(c);
+        let chunks: Vec<Vec<usize>> = groups
+            .iter()
+            .flat_map(|g| g.chunks(MAX_PER_CALL).map(<[usize]>::to_vec))
+            .collect();
+        let answers = join_all(chunks.iter().map(|chunk| self.invoke(calls, chunk))).await;
+        // Counters another node owned (the map moved under us): each alone, routed by
+        // its own key, which the cluster client redirects.
+        let mut alone = Vec::new();
+        for (chunk, answer) in chunks.iter().zip(answers) {
+            match answer {
+                Err(e) => {
+                    for &i in chunk {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+                Ok(per_call) => {
+                    for (&i, r) in chunk.iter().zip(per_call) {
+                        match r {
+                            Err(e) if chunk.len() > 1 && e.message.contains("non local key") => alone.push(i),
+                            other => results[i] = Some(other),
+                        }
+                    }
+                }
+            }
+        }
+        if !alone.is_empty() {
+            self.conn.nudge();
+            let retried = join_all(alone.iter().map(|i| self.invoke(calls, std::slice::from_ref(i)))).await;
+            for (&i, r) in alone.iter().zip(retried) {
+                results[i] = Some(r.and_then(|mut v| v.pop().unwrap_or_else(|| Err(malformed("no answer")))));
+            }
+        }
+        let mut out: Vec<Result<Applied, StoreError>> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(malformed("no answer"))))
+            .collect();
+        // Remember blocked and flagged keys for `keys list` (sets of their own).
+        for (c, r) in calls.iter().zip(out.iter_mut()) {
+            let index = match r {
+                Ok(a) if a.state == KeyState::Blocked => "blocked",
+                Ok(a) if a.state == KeyState::Flagged => "flagged",
+                _ => continue,
+            };
+            let _ = self
+                .query::<i64>(redis::cmd("SADD").arg(format!("rampart:v1:index:{index}")).arg(c.key))
+                .await;
+        }
+        out
+    }
+
+    /// One script call for `chunk` (indexes into `calls`, all on one node); an answer
+    /// per counter, or the call's own failure.
+    async fn invoke(
+        &self,
+        calls: &[Call<'_>],
+        chunk: &[usize],
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let Some(&first) = chunk.first() else {
+            return Ok(Vec::new());
+        };
+        // KEYS[1] routes the call (Cluster) to the node owning the first counter.
+        let mut inv = self.script.key(Self::key(calls[first].key, &calls[first].rule));
+        inv.arg(chunk.len());
+        for &i in chunk {
+            let c = &calls[i];
+            let d = c.seen.distinct;
+            let clients = if d.is_some() { c.seen.clients } else { &[] };
+            inv.arg(c.key)
+                .arg(c.rule.algorithm().name())
+                .arg(c.rule.limit())
+                .arg(c.rule.window_ms())
+                .arg(c.rule.burst())
+                .arg(c.cost)
+                .arg(u8::from(c.mode == Mode::Record))
+                .arg(d.map_or(0, |d| d.limit))
+                .arg(d.map_or(1, |d| d.window_ms))
+                .arg(u8::from(d.is_some_and(|d| d.block)))
+                .arg(d.map_or(1, |d| d.cooldown_ms))
+                .arg(clients.len());
+            for client in clients {
+                inv.arg(client);
             }
         }
         let started = Instant::now();
         let call = async {
             match self.conn.conn() {
-                Conn::Single(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
+                Conn::Single(mut c) => inv.invoke_async::<Vec<Value>>(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async::<Vec<Value>>(&mut c).await,
             }
         };
         let result = tokio::time::timeout(self.timeout, call).await;
@@ -266,39 +425,14 @@ impl RedisStore {
             Ok(Err(e)) => return Err(self.failed(classify(&e))),
             Ok(Ok(v)) => v,
         };
-        let get = |i: usize| values.get(i).copied().unwrap_or(0).max(0) as u64;
-        if values.len() != 7 {
-            return Err(StoreError {
-                transient: false,
-                message: format!("script returned {values:?}"),
-            });
+        if values.len() != chunk.len() {
+            return Err(malformed(&format!(
+                "{} answers for {} counters",
+                values.len(),
+                chunk.len()
+            )));
         }
-        let state = match get(5) {
-            1 => KeyState::Revoked,
-            2 => KeyState::Blocked,
-            3 => KeyState::Flagged,
-            _ => KeyState::Ok,
-        };
-        // Remember blocked and flagged keys for `keys list` (a separate key: another slot).
-        let index = match state {
-            KeyState::Blocked => Some("blocked"),
-            KeyState::Flagged => Some("flagged"),
-            _ => None,
-        };
-        if let Some(kind) = index {
-            let _ = self
-                .query::<i64>(redis::cmd("SADD").arg(format!("rampart:v1:index:{kind}")).arg(key))
-                .await;
-        }
-        Ok(Applied {
-            granted: get(0),
-            limit: get(1),
-            remaining: get(2),
-            reset_ms: get(3),
-            retry_after_ms: get(4),
-            state,
-            distinct: get(6),
-        })
+        Ok(values.iter().map(applied).collect())
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {

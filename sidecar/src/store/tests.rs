@@ -6,7 +6,7 @@ use rampart_test_harness::redis::{RedisCluster, RedisNode};
 use super::connection::Target;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
-use super::{KeyState, Mode, Observe, Store};
+use super::{Call, KeyState, Mode, Observe, Store};
 use rampart::wire::Distinct;
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
@@ -86,6 +86,70 @@ async fn suite(store: &Store, tag: &str) {
         );
     }
     guards(store, tag).await;
+    batches(store, tag).await;
+}
+
+fn call<'a>(key: &'a str, rule: Rule, cost: u64, mode: Mode) -> Call<'a> {
+    Call {
+        key,
+        rule,
+        cost,
+        mode,
+        seen: Observe::default(),
+    }
+}
+
+/// Many counters in one call: mixed algorithms and modes, answered in order; exact when
+/// batches race on one counter.
+async fn batches(store: &Store, tag: &str) {
+    let names: Vec<String> = (0..300).map(|i| format!("{tag}-batch-{i}")).collect();
+    let calls: Vec<Call<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mode = if i % 5 == 0 { Mode::Record } else { Mode::Check };
+            call(n, rules()[i % 3], 1 + (i % 7) as u64, mode)
+        })
+        .collect();
+    let results = store.apply_many(&calls).await;
+    assert_eq!(results.len(), calls.len());
+    for (c, r) in calls.iter().zip(&results) {
+        let a = r.as_ref().unwrap_or_else(|e| panic!("{}: {e}", c.key));
+        // A fresh counter of 5 grants what fits of the cost (all of it when recording).
+        let expected = if c.mode == Mode::Record { c.cost } else { c.cost.min(5) };
+        assert_eq!(a.granted, expected, "{} ({:?}, cost {})", c.key, c.rule, c.cost);
+        assert_eq!(a.remaining, 5u64.saturating_sub(c.cost), "{}", c.key);
+    }
+    // Eight batches of 25 racing on one counter of 100 (with other counters around):
+    // exactly 100 granted.
+    let hot = format!("{tag}-hot");
+    let others: Vec<String> = (0..8 * 25).map(|i| format!("{tag}-around-{i}")).collect();
+    let rule = Rule::FixedWindow {
+        limit: 100,
+        window_ms: 3_600_000,
+    };
+    let granted: u64 = futures_util::future::join_all((0..8).map(|b| {
+        let calls: Vec<Call<'_>> = (0..25)
+            .flat_map(|i| {
+                [
+                    call(&hot, rule, 1, Mode::Check),
+                    call(&others[b * 25 + i], rule, 1, Mode::Check),
+                ]
+            })
+            .collect();
+        async move {
+            let hot_results = store.apply_many(&calls).await;
+            hot_results
+                .iter()
+                .step_by(2)
+                .map(|r| r.as_ref().map_or(0, |a| a.granted))
+                .sum::<u64>()
+        }
+    }))
+    .await
+    .into_iter()
+    .sum();
+    assert_eq!(granted, 100, "200 hits over 8 concurrent batches, limit 100");
 }
 
 /// Revocation, restore, and distinct-client flag and block.
@@ -287,9 +351,11 @@ fn redis_cluster_store() {
 fn redis_errors_are_classified() {
     let redis = RedisNode::start();
     rt().block_on(async {
-        let store = RedisStore::connect(Target::Single(redis.url()), std::time::Duration::from_millis(200))
-            .await
-            .expect("connect");
+        let store = Store::Redis(
+            RedisStore::connect(Target::Single(redis.url()), std::time::Duration::from_millis(200))
+                .await
+                .expect("connect"),
+        );
         redis.freeze();
         let err = store
             .apply("k", rules()[0], 1, Mode::Check, Observe::default())
@@ -297,5 +363,79 @@ fn redis_errors_are_classified() {
             .expect_err("frozen redis answers nothing");
         assert!(err.transient, "{err}");
         redis.thaw();
+    });
+}
+
+/// A counter whose key holds something else (another program's data, say) fails alone.
+async fn bad_counter_fails_alone(store: &Store, port: u16, tag: &str) {
+    let rule = rules()[0];
+    let bad = format!("{tag}-bad");
+    let key = format!("rampart:v1:fixed_window:3600000:{{{bad}}}");
+    let reply = rampart_test_harness::redis::command(port, &format!("SET {key} not-a-hash")).unwrap();
+    assert!(reply.starts_with("+OK") || reply.starts_with("-MOVED"), "{reply}");
+    let (a, b) = (format!("{tag}-good-a"), format!("{tag}-good-b"));
+    let calls = [
+        call(&a, rule, 1, Mode::Check),
+        call(&bad, rule, 1, Mode::Check),
+        call(&b, rule, 1, Mode::Check),
+    ];
+    let results = store.apply_many(&calls).await;
+    assert_eq!(results[0].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
+    assert_eq!(results[2].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
+    let err = results[1].as_ref().expect_err("the bad counter fails");
+    assert!(!err.transient && err.message.contains("WRONGTYPE"), "{err}");
+}
+
+#[test]
+fn redis_one_bad_counter_does_not_fail_its_neighbours() {
+    let redis = RedisNode::start();
+    rt().block_on(async {
+        let store = Store::Redis(
+            RedisStore::connect(Target::Single(redis.url()), TIMEOUT)
+                .await
+                .expect("connect"),
+        );
+        bad_counter_fails_alone(&store, redis.port, "r").await;
+    });
+}
+
+#[test]
+fn redis_cluster_batches_span_slots_in_one_call_per_node() {
+    let cluster = RedisCluster::start(3);
+    rt().block_on(async {
+        let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+        let store = Store::Redis(
+            RedisStore::connect(Target::Cluster(urls), TIMEOUT)
+                .await
+                .expect("connect"),
+        );
+        let names: Vec<String> = (0..120).map(|i| format!("spread-{i}")).collect();
+        let slots: std::collections::HashSet<u16> = names.iter().map(|n| super::connection::slot_of(n)).collect();
+        assert!(slots.len() > 100, "the names cover many slots");
+        let calls: Vec<Call<'_>> = names.iter().map(|n| call(n, rules()[1], 1, Mode::Check)).collect();
+        let before = crate::metrics::METRICS.redis_latency.get_sample_count();
+        let results = store.apply_many(&calls).await;
+        let script_calls = crate::metrics::METRICS.redis_latency.get_sample_count() - before;
+        assert!(
+            results.iter().all(|r| r.as_ref().is_ok_and(|a| a.granted == 1)),
+            "{results:?}"
+        );
+        // One script call per master (the metric is shared with other tests running at
+        // once, hence at most rather than exactly).
+        assert!(script_calls >= 3, "{script_calls} script calls");
+        assert!(
+            script_calls < 20,
+            "{script_calls} script calls for 120 counters on 3 masters"
+        );
+        // The bad counter's key is written where its slot lives (the others answer MOVED).
+        let owner = cluster
+            .nodes
+            .iter()
+            .find(|n| {
+                rampart_test_harness::redis::command(n.port, "SET rampart:v1:fixed_window:3600000:{c-bad} x")
+                    .is_ok_and(|r| r.starts_with("+OK"))
+            })
+            .expect("a node owns the bad counter's slot");
+        bad_counter_fails_alone(&store, owner.port, "c").await;
     });
 }
