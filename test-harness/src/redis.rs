@@ -197,19 +197,13 @@ impl RedisCluster {
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        // redis-cli creates clusters of 3 masters or more; one master takes every slot.
+        if nodes.len() == 1 {
+            let reply = command(nodes[0].port, "CLUSTER ADDSLOTSRANGE 0 16383").unwrap_or_default();
+            assert!(reply.starts_with("+OK"), "CLUSTER ADDSLOTSRANGE: {reply}");
+        } else {
+            Self::create(&addrs, replicas);
+        }
         let cluster = RedisCluster { nodes };
         for n in &cluster.nodes {
             wait_for("cluster_state:ok on every node", Duration::from_secs(30), || {
@@ -233,6 +227,22 @@ impl RedisCluster {
             });
         }
         cluster
+    }
+
+    fn create(addrs: &[String], replicas: usize) {
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     /// The seed list for `--redis-cluster`.

@@ -277,7 +277,7 @@ fn hostile_key_values_neither_crash_nor_collide_nor_reach_redis_in_clear() {
         assert_eq!(get(&gateway, b"", "192.0.2.9").0, 200);
         assert_eq!(get(&gateway, b"", "192.0.2.9").0, 200);
         let keys = command(f.redis.port, "KEYS *").unwrap();
-        let counters = keys.matches("rampart:v1:fixed_window:3600000:").count();
+        let counters = keys.matches("rampart:v2:fixed_window:3600000:").count();
         assert_eq!(
             counters,
             values.len() + crlf_counters,

@@ -12,8 +12,12 @@
 //! Key layout, where `<key>` is the filter's keyed hash (API keys never reach Redis in
 //! clear) and every key of one client key shares the hash tag `{<key>}`, so one script
 //! may touch them all, on one Cluster slot:
-//! - `rampart:v1:<algorithm>:<window_ms>:{<key>}` the counter (the rule is part of the
-//!   name so a changed window starts afresh); TTL: until it would read empty again
+//! - `rampart:v2:<fixed_window|sliding_window>:<window_ms>:{<key>}:<window number>` a
+//!   window's count, an integer (the rule is part of the name so a changed window starts
+//!   afresh); TTL: until it would read empty again (sliding: until the next window has
+//!   read it)
+//! - `rampart:v1:token_bucket:<window_ms>:{<key>}` a token bucket's theoretical arrival
+//!   time in microseconds; TTL: until the bucket is full again
 //! - `rampart:v1:revoked:{<key>}` revocation reason (no TTL: until restored)
 //! - `rampart:v1:blocked:{<key>}` block for too many clients (TTL: the cooldown)
 //! - `rampart:v1:flagged:{<key>}` flag for too many clients (TTL: the window)
@@ -44,17 +48,24 @@ use crate::metrics::METRICS;
 /// `pcall`: one that fails (a key of the wrong type, or one another Cluster node owns)
 /// answers its own error and its neighbours go on.
 ///
+/// Redis calls made from Lua cost about a microsecond each, far more than the Lua around
+/// them, so the script makes as few as it can: one `EXISTS` for every guard of the
+/// batch; window counters are plain integers, one key per window, so a counter's first
+/// hit in a window is a single `SET NX PX` (it creates the count with its expiry) and a
+/// later one a single `INCRBY`. A check that does not fit takes back what it added
+/// (`DECRBY`); sliding windows also read the previous window (`GET`).
+///
 /// Keys are built in the script from each counter's hash tag, not declared: on Redis
 /// Cluster the script carries `allow-cross-slot-keys` and is sent to the node that owns
 /// every counter of the batch (KEYS[1], the first counter, routes it); declared keys
 /// would have to share one slot.
 ///
 /// ARGV: the number of counters, then for each: tag, algorithm name, limit, window_ms,
-/// burst, cost, record (1 = add all, past the limit), distinct limit (0 = off), distinct
-/// window_ms, block (1) or flag, cooldown_ms, the number of client hashes, the hashes.
-/// Returns one entry per counter: {granted, limit, remaining, reset_ms, retry_ms, state,
-/// distinct} with state 0 ok, 1 revoked, 2 blocked, 3 flagged; or the string
-/// "ERR <message>".
+/// burst, cost, record (1 = add all, past the limit), and the number of distinct-client
+/// arguments that follow (0, or 4 + the client hashes: limit, window_ms, block (1) or
+/// flag, cooldown_ms, hashes...). Returns seven entries per counter, flat: granted,
+/// limit, remaining, reset_ms, retry_ms, state (0 ok, 1 revoked, 2 blocked, 3 flagged)
+/// and distinct clients; or the string "ERR <message>" and six zeros.
 const BATCH: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -65,44 +76,40 @@ local function grant(capacity, cost, record)
   return cost
 end
 
--- Fixed window: hash {w = window number, c = count}.
-local function fixed(key, limit, w, burst, cost, record)
-  local win = math.floor(now / w)
-  local v = redis.call('HMGET', key, 'w', 'c')
-  local count = 0
-  local same = tonumber(v[1]) == win
-  if same then count = tonumber(v[2]) or 0 end
-  local reset = (win + 1) * w - now
-  local capacity = math.max(limit - count, 0)
-  local g = grant(capacity, cost, record)
-  if g > 0 then
-    redis.call('HSET', key, 'w', string.format('%d', win), 'c', string.format('%d', count + g))
-    -- HSET keeps a TTL: set it once per window, on the window's first write.
-    if not same then redis.call('PEXPIRE', key, math.ceil(reset / 1000) + 1000) end
-  end
-  local retry = 0
-  if capacity == 0 then retry = reset end
-  return {g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)}
+-- Adds `cost` to a window's count, creating it with its expiry (ms) on the first hit:
+-- one call either way. Returns the count before.
+local function add(key, cost, expire_ms)
+  if redis.call('SET', key, cost, 'PX', expire_ms, 'NX') then return 0 end
+  return redis.call('INCRBY', key, cost) - cost
 end
 
--- Sliding window (two counters): hash {w, c = current count, p = previous count}.
-local function sliding(key, limit, w, burst, cost, record)
+-- Fixed window: the count of window `win` in `<prefix><win>`.
+local function fixed(prefix, limit, w, burst, cost, record)
   local win = math.floor(now / w)
-  local v = redis.call('HMGET', key, 'w', 'c', 'p')
-  local sw, cur, prev = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if sw == win then
-  elseif sw == win - 1 then prev = cur; cur = 0
-  else prev = 0; cur = 0 end
+  local key = prefix .. win
+  local reset = (win + 1) * w - now
+  local before = add(key, cost, math.ceil(reset / 1000) + 1000)
+  local capacity = math.max(limit - before, 0)
+  local g = grant(capacity, cost, record)
+  if g < cost then redis.call('DECRBY', key, cost - g) end
+  local retry = 0
+  if capacity == 0 then retry = reset end
+  return g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)
+end
+
+-- Sliding window: this window's count and the previous one's, weighted by how much of
+-- it still overlaps the last `w`. A window's count lives until the next one has read it.
+local function sliding(prefix, limit, w, burst, cost, record)
+  local win = math.floor(now / w)
+  local key = prefix .. win
   local elapsed = now - win * w
+  local reset = w - elapsed
+  local prev = tonumber(redis.call('GET', prefix .. (win - 1))) or 0
+  local cur = add(key, cost, math.ceil((reset + w) / 1000) + 1000)
   local est = prev * (w - elapsed) / w + cur
   local capacity = math.max(math.floor(limit - est + 1e-9), 0)
-  local reset = w - elapsed
   local g = grant(capacity, cost, record)
-  if g > 0 then
-    redis.call('HSET', key, 'w', string.format('%d', win), 'c', string.format('%d', cur + g), 'p', string.format('%d', prev))
-    -- Once per window (HSET keeps a TTL): until the next window has read this one.
-    if sw ~= win then redis.call('PEXPIRE', key, math.ceil((reset + w) / 1000) + 1000) end
-  end
+  if g < cost then redis.call('DECRBY', key, cost - g) end
   local retry = 0
   if capacity == 0 then
     if cur >= limit then
@@ -111,73 +118,98 @@ local function sliding(key, limit, w, burst, cost, record)
       retry = math.max(w - (limit - 1 - cur) * w / math.max(prev, 1) - elapsed, 1)
     end
   end
-  return {g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)}
+  return g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)
 end
 
--- Token bucket (GCRA): a string holding the theoretical arrival time in microseconds.
-local function gcra(key, limit, w, burst, cost, record)
+-- Token bucket (GCRA): `<prefix>` holds the theoretical arrival time in microseconds.
+local function gcra(prefix, limit, w, burst, cost, record)
   local t_each = math.max(math.floor(w / limit), 1)
   local tolerance = t_each * burst
-  local tat = math.max(tonumber(redis.call('GET', key)) or 0, now)
+  local tat = math.max(tonumber(redis.call('GET', prefix)) or 0, now)
   local capacity = 0
   if tat + t_each - now <= tolerance then capacity = math.floor((tolerance - (tat - now)) / t_each) end
   local g = grant(capacity, cost, record)
   local new_tat = tat + t_each * g
   if g > 0 then
-    redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+    redis.call('SET', prefix, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
   end
   local retry = 0
   if capacity == 0 then retry = math.max(tat + t_each - tolerance - now, 0) end
-  return {g, burst, math.max(capacity - g, 0), math.ceil((new_tat - now) / 1000), math.ceil(retry / 1000)}
+  return g, burst, math.max(capacity - g, 0), math.ceil((new_tat - now) / 1000), math.ceil(retry / 1000)
 end
 
-local algorithms = {fixed_window = fixed, sliding_window = sliding, token_bucket = gcra}
+-- Each algorithm, and the counter's key (or its windows' common prefix).
+local algorithms = {
+  fixed_window = {fixed, function(alg, ms, tag) return 'rampart:v2:' .. alg .. ':' .. ms .. ':' .. tag .. ':' end},
+  sliding_window = {sliding, function(alg, ms, tag) return 'rampart:v2:' .. alg .. ':' .. ms .. ':' .. tag .. ':' end},
+  token_bucket = {gcra, function(alg, ms, tag) return 'rampart:v1:' .. alg .. ':' .. ms .. ':' .. tag end},
+}
 
+-- Whether any counter of the batch has a revocation or a block (decided below).
+local guarded = false
+
+-- One counter: its seven answers as values (tables would cost Redis more than the
+-- counting itself).
 local function one(a)
   local tag = '{' .. ARGV[a] .. '}'
   local limit = tonumber(ARGV[a + 2])
-  local revoked, blocked = 'rampart:v1:revoked:' .. tag, 'rampart:v1:blocked:' .. tag
-  -- One call for both guards in the common case: neither exists.
-  if redis.call('EXISTS', revoked, blocked) > 0 then
-    if redis.call('EXISTS', revoked) == 1 then return {0, limit, 0, 0, 0, 1, 0} end
-    local left = redis.call('PTTL', blocked)
-    if left > 0 then return {0, limit, 0, 0, left, 2, 0} end
+  if guarded then
+    if redis.call('EXISTS', 'rampart:v1:revoked:' .. tag) == 1 then return 0, limit, 0, 0, 0, 1, 0 end
+    local left = redis.call('PTTL', 'rampart:v1:blocked:' .. tag)
+    if left > 0 then return 0, limit, 0, 0, left, 2, 0 end
   end
-  local charge = algorithms[ARGV[a + 1]]
-  if not charge then return 'ERR unknown algorithm ' .. ARGV[a + 1] end
-  local key = 'rampart:v1:' .. ARGV[a + 1] .. ':' .. ARGV[a + 3] .. ':' .. tag
-  local r = charge(key, limit, tonumber(ARGV[a + 3]) * 1000, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6] == '1')
+  local alg = algorithms[ARGV[a + 1]]
+  if not alg then error('unknown algorithm ' .. ARGV[a + 1]) end
+  local key = alg[2](ARGV[a + 1], ARGV[a + 3], tag)
+  local g, lim, rem, reset, retry = alg[1](key, limit, tonumber(ARGV[a + 3]) * 1000, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6] == '1')
   local state, seen = 0, 0
-  local dlimit, nclients = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 11])
-  if dlimit > 0 and nclients > 0 then
+  local extra = tonumber(ARGV[a + 7])
+  if extra > 4 then
+    local dlimit, dwin, block, cooldown = tonumber(ARGV[a + 8]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
     local clients = 'rampart:v1:clients:' .. tag
-    redis.call('PFADD', clients, unpack(ARGV, a + 12, a + 11 + nclients))
-    if redis.call('PTTL', clients) < 0 then redis.call('PEXPIRE', clients, ARGV[a + 8]) end
+    redis.call('PFADD', clients, unpack(ARGV, a + 12, a + 7 + extra))
+    if redis.call('PTTL', clients) < 0 then redis.call('PEXPIRE', clients, dwin) end
     seen = redis.call('PFCOUNT', clients)
     if seen > dlimit then
-      if ARGV[a + 9] == '1' then
-        redis.call('SET', blocked, '1', 'PX', ARGV[a + 10])
-        return {r[1], r[2], r[3], r[4], tonumber(ARGV[a + 10]), 2, seen}
+      if block == '1' then
+        redis.call('SET', 'rampart:v1:blocked:' .. tag, '1', 'PX', cooldown)
+        return g, lim, rem, reset, tonumber(cooldown), 2, seen
       end
-      redis.call('SET', 'rampart:v1:flagged:' .. tag, seen, 'PX', ARGV[a + 8])
+      redis.call('SET', 'rampart:v1:flagged:' .. tag, seen, 'PX', dwin)
       state = 3
     end
   end
-  return {r[1], r[2], r[3], r[4], r[5], state, seen}
+  return g, lim, rem, reset, retry, state, seen
 end
 
-local out = {}
+local n = tonumber(ARGV[1])
+local guards = {}
 local a = 2
-for i = 1, tonumber(ARGV[1]) do
-  local ok, r = pcall(one, a)
+for i = 1, n do
+  local tag = '{' .. ARGV[a] .. '}'
+  guards[#guards + 1] = 'rampart:v1:revoked:' .. tag
+  guards[#guards + 1] = 'rampart:v1:blocked:' .. tag
+  a = a + 8 + tonumber(ARGV[a + 7])
+end
+-- A key another node owns fails this call; then each counter checks its own.
+local ok, found = pcall(redis.call, 'EXISTS', unpack(guards))
+guarded = not ok or found > 0
+
+-- One flat array, seven entries per counter: nested tables cost Redis a microsecond
+-- each to build and convert.
+local out = {}
+local o = 0
+a = 2
+for i = 1, n do
+  local ok, r1, r2, r3, r4, r5, r6, r7 = pcall(one, a)
   if ok then
-    out[i] = r
-  elseif type(r) == 'table' and r.err then
-    out[i] = 'ERR ' .. r.err
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r1, r2, r3, r4, r5, r6, r7
   else
-    out[i] = 'ERR ' .. tostring(r)
+    if type(r1) == 'table' and r1.err then r1 = r1.err end
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = 'ERR ' .. tostring(r1), 0, 0, 0, 0, 0, 0
   end
-  a = a + 12 + tonumber(ARGV[a + 11])
+  o = o + 7
+  a = a + 8 + tonumber(ARGV[a + 7])
 end
 return out
 "#;
@@ -215,25 +247,23 @@ fn malformed(what: &str) -> StoreError {
     }
 }
 
-/// One counter's answer: seven numbers, or "ERR <message>" for a counter that failed
-/// alone (permanent: a key of the wrong type; "non local key" is retried by the caller).
-fn applied(v: &Value) -> Result<Applied, StoreError> {
-    let numbers = match v {
-        Value::Array(items) => items
-            .iter()
-            .map(|x| match x {
-                Value::Int(n) => Some((*n).max(0) as u64),
-                _ => None,
-            })
-            .collect::<Option<Vec<u64>>>(),
-        Value::BulkString(b) => {
-            return Err(StoreError {
-                transient: false,
-                message: String::from_utf8_lossy(b).into_owned(),
-            })
-        }
-        _ => None,
-    };
+/// One counter's answer: seven numbers, or "ERR <message>" first for a counter that
+/// failed alone (permanent: a key of the wrong type; "non local key" is retried by the
+/// caller).
+fn applied(v: &[Value]) -> Result<Applied, StoreError> {
+    if let Some(Value::BulkString(b)) = v.first() {
+        return Err(StoreError {
+            transient: false,
+            message: String::from_utf8_lossy(b).into_owned(),
+        });
+    }
+    let numbers: Option<Vec<u64>> = v
+        .iter()
+        .map(|x| match x {
+            Value::Int(n) => Some((*n).max(0) as u64),
+            _ => None,
+        })
+        .collect();
     let Some(n) = numbers.filter(|n| n.len() == 7) else {
         return Err(malformed(&format!("{v:?}")));
     };
@@ -303,8 +333,18 @@ impl RedisStore {
         e
     }
 
+    /// A counter's key; for window counters, the prefix of its windows' keys (these
+    /// share the hash tag, so either routes a call to the counter's node).
     pub fn key(key: &str, rule: &Rule) -> String {
-        format!("rampart:v1:{}:{}:{{{key}}}", rule.algorithm().name(), rule.window_ms())
+        let (version, window) = match rule {
+            Rule::TokenBucket { .. } => ("v1", ""),
+            _ => ("v2", ":"),
+        };
+        format!(
+            "rampart:{version}:{}:{}:{{{key}}}{window}",
+            rule.algorithm().name(),
+            rule.window_ms()
+        )
     }
 
     fn guard_key(kind: &str, key: &str) -> String {
@@ -393,22 +433,27 @@ impl RedisStore {
         inv.arg(chunk.len());
         for &i in chunk {
             let c = &calls[i];
-            let d = c.seen.distinct;
-            let clients = if d.is_some() { c.seen.clients } else { &[] };
             inv.arg(c.key)
                 .arg(c.rule.algorithm().name())
                 .arg(c.rule.limit())
                 .arg(c.rule.window_ms())
                 .arg(c.rule.burst())
                 .arg(c.cost)
-                .arg(u8::from(c.mode == Mode::Record))
-                .arg(d.map_or(0, |d| d.limit))
-                .arg(d.map_or(1, |d| d.window_ms))
-                .arg(u8::from(d.is_some_and(|d| d.block)))
-                .arg(d.map_or(1, |d| d.cooldown_ms))
-                .arg(clients.len());
-            for client in clients {
-                inv.arg(client);
+                .arg(u8::from(c.mode == Mode::Record));
+            match c.seen.distinct.filter(|_| !c.seen.clients.is_empty()) {
+                None => {
+                    inv.arg(0);
+                }
+                Some(d) => {
+                    inv.arg(4 + c.seen.clients.len())
+                        .arg(d.limit)
+                        .arg(d.window_ms)
+                        .arg(u8::from(d.block))
+                        .arg(d.cooldown_ms);
+                    for client in c.seen.clients {
+                        inv.arg(client);
+                    }
+                }
             }
         }
         let started = Instant::now();
@@ -425,14 +470,14 @@ impl RedisStore {
             Ok(Err(e)) => return Err(self.failed(classify(&e))),
             Ok(Ok(v)) => v,
         };
-        if values.len() != chunk.len() {
+        if values.len() != 7 * chunk.len() {
             return Err(malformed(&format!(
-                "{} answers for {} counters",
+                "{} values for {} counters",
                 values.len(),
                 chunk.len()
             )));
         }
-        Ok(values.iter().map(applied).collect())
+        Ok(values.chunks(7).map(applied).collect())
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {

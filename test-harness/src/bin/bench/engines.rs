@@ -5,8 +5,9 @@ use rampart_test_harness::nginx::{self, Engine, Nginx};
 use crate::load::{median, wrk, Sample};
 
 /// Kong's and APISIX's engines: no filter, the no-op wasm filter and Rampart's local
-/// layers on each, alternated round by round; ratios to the no-op filter.
-pub fn engines(rounds: u64, seconds: u64, connections: u64) {
+/// layers on each, alternated round by round; ratios to the no-op filter (returned for
+/// the chart: Rampart's only).
+pub fn engines(rounds: u64, seconds: u64, connections: u64) -> Vec<(String, f64)> {
     let rampart = rampart_test_harness::rampart_wasm();
     let noop = rampart_test_harness::noop_wasm();
     let local = crate::rampart_local();
@@ -33,7 +34,7 @@ pub fn engines(rounds: u64, seconds: u64, connections: u64) {
         }
     }
     if runs.is_empty() {
-        return;
+        return Vec::new();
     }
     for (_, n) in &runs {
         wrk(n.port, 1, connections);
@@ -69,11 +70,16 @@ pub fn engines(rounds: u64, seconds: u64, connections: u64) {
     for ((name, _), m) in runs.iter().zip(&med) {
         println!("{name:<36} {:>12.0} {:>10.3} {:>10.3}", m.rps, m.p50_ms, m.p99_ms);
     }
+    let mut chart = Vec::new();
     for (i, (name, _)) in runs.iter().enumerate() {
         // Each engine's three runs are consecutive: none, no-op, rampart.
         let noop = med[i - i % 3 + 1].rps.max(1.0);
         println!("ratio {name:<36} {:.3}x its no-op wasm filter", med[i].rps / noop);
+        if i % 3 == 2 {
+            chart.push((format!("{name} / its no-op wasm filter"), med[i].rps / noop));
+        }
     }
+    chart
 }
 
 fn short(engine: Engine) -> &'static str {

@@ -150,4 +150,3 @@ async fn exchange(conn: &mut tokio::net::TcpStream, buf: &mut [u8]) -> std::io::
         }
     }
 }
-

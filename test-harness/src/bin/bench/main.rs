@@ -19,6 +19,7 @@
 //! with ratios to the no-op filter. Each engine proxies to a server inside the same
 //! nginx, so the three differ only by the filter. BENCH_ONLY=engines runs just these.
 
+mod chart;
 mod engines;
 mod load;
 mod sidecar;
@@ -81,9 +82,18 @@ fn main() {
     let seconds = env_or("BENCH_SECONDS", 5);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let quick = env_or("BENCH_QUICK", 0) == 1;
-    if std::env::var("BENCH_ONLY").is_ok_and(|o| o == "engines") {
-        engines(rounds, seconds, connections);
-        return;
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("engines") => {
+            engines(rounds, seconds, connections);
+            return;
+        }
+        Ok("sidecar") => {
+            let redis = RedisNode::start();
+            let sidecar = Sidecar::start(&["--redis", &redis.url(), "--threads", "2"]);
+            sidecar_alone(&redis, &sidecar, seconds);
+            return;
+        }
+        _ => {}
     }
     let mut scenarios = vec![
         Scenario {
@@ -217,15 +227,20 @@ fn main() {
     for (s, m) in scenarios.iter().zip(&med) {
         println!("{:<28} {:>12.0} {:>10.3} {:>10.3}", s.name, m.rps, m.p50_ms, m.p99_ms);
     }
+    let mut chart: Vec<(String, f64)> = Vec::new();
     if let Some(sync) = scenarios.iter().position(|s| s.name == "rampart cluster sync") {
         sync_latency(&envoys, &med, sync, seconds);
+        let reference = scenarios.iter().position(|s| s.name == "trivial + sidecar call");
+        lone_requests(&envoys, &scenarios, sync, reference, seconds);
     }
     if !quick && std::env::var("BENCH_ONLY").is_err() {
-        sidecar_alone(&redis, &sidecar, seconds, connections);
+        chart.extend(sidecar_alone(&redis, &sidecar, seconds));
     }
-    if std::env::var("BENCH_ONLY").is_err() {
-        engines(rounds, seconds, connections);
-    }
+    let engine_ratios = if std::env::var("BENCH_ONLY").is_err() {
+        engines(rounds, seconds, connections)
+    } else {
+        Vec::new()
+    };
     println!();
     let none = &med[0];
     for (s, m) in scenarios.iter().zip(&med).filter(|(s, _)| s.sidecar) {
@@ -248,13 +263,72 @@ fn main() {
     ] {
         if let (Some(a), Some(b)) = (rps(ours), rps(reference)) {
             println!("ratio {ours:<28} {:.3}x {reference}", a / b);
+            if !ours.starts_with("baseline") && !reference.starts_with("baseline") {
+                chart.insert(0, (format!("Envoy: {ours} / {reference}"), a / b));
+            }
         }
     }
+    chart.extend(engine_ratios);
+    draw_chart(&chart, rounds, seconds);
     // Last, as DESIGN.md §7 asks: every configuration against the native filter.
     let native = med[1].rps.max(1.0);
     println!();
     for (s, m) in scenarios.iter().zip(&med) {
         println!("ratio {:<28} {:.3}x native local_ratelimit", s.name, m.rps / native);
+    }
+}
+
+/// Writes the ratios as an SVG beside the text (`target/bench/ratios.svg`).
+fn draw_chart(bars: &[(String, f64)], rounds: u64, seconds: u64) {
+    let dir = rampart_test_harness::project_file("target/bench");
+    let path = dir.join("ratios.svg");
+    let title =
+        format!("make bench: throughput against each configuration's reference ({rounds} rounds x {seconds} s)");
+    match std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| chart::draw(&path, &title, bars))
+    {
+        Ok(()) => println!("\nchart: {}", path.display()),
+        Err(e) => eprintln!("warning: no chart ({}): {e}", path.display()),
+    }
+}
+
+/// One request at a time (wrk -c1): what a lone sync request pays when there is nothing
+/// to batch, against no filter and against the least a filter making one sidecar call
+/// can do. Alternated, medians of three runs.
+fn lone_requests(envoys: &[Envoy], scenarios: &[Scenario], sync: usize, reference: Option<usize>, seconds: u64) {
+    let mut runs: Vec<usize> = vec![0, sync];
+    runs.extend(reference);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); runs.len()];
+    for _ in 0..3 {
+        for (k, &i) in runs.iter().enumerate() {
+            samples[k].push(wrk(envoys[i].port, seconds, 1));
+        }
+    }
+    println!("\none connection (wrk -c1, medians of 3):");
+    let med: Vec<(f64, f64, f64)> = samples
+        .iter()
+        .map(|v| {
+            (
+                median(v.iter().map(|s| s.rps).collect()),
+                median(v.iter().map(|s| s.p50_ms).collect()),
+                median(v.iter().map(|s| s.p99_ms).collect()),
+            )
+        })
+        .collect();
+    for (&i, (rps, p50, p99)) in runs.iter().zip(&med) {
+        println!(
+            "  {:<28} {rps:>10.0} req/s  p50 {p50:.3} ms  p99 {p99:.3} ms",
+            scenarios[i].name
+        );
+    }
+    for (k, &i) in runs.iter().enumerate().skip(1) {
+        println!(
+            "p99 one connection {:<24} +{:.3} ms over no filter (p50 +{:.3} ms)",
+            scenarios[i].name,
+            med[k].2 - med[0].2,
+            med[k].1 - med[0].1
+        );
     }
 }
 
@@ -282,4 +356,3 @@ fn sync_latency(envoys: &[Envoy], med: &[Sample], sync: usize, seconds: u64) {
         sync_p99 - none_p99
     );
 }
-

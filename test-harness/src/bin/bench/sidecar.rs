@@ -1,110 +1,210 @@
-//! The sidecar alone, against `redis-benchmark` on the same Redis.
+//! The sidecar alone, against `redis-benchmark` on the same Redis in the same run: hits
+//! accounted per second through `/v1/check` and `/v1/report`, on hot counters (where
+//! coalescing helps) and on distinct ones (every hit its own counter: a per-IP or
+//! per-key layer), then the distinct-counter reports on a Redis Cluster of 1 and of 3
+//! masters.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rampart_test_harness::redis::RedisNode;
+use rampart_test_harness::process::TempDir;
+use rampart_test_harness::redis::{RedisCluster, RedisNode};
 use rampart_test_harness::sidecar::Sidecar;
 
-/// The sidecar alone: hits accounted per second through /v1/check (one hit per call) and
-/// /v1/report (100 hits per call), against redis-benchmark's INCR on the same Redis.
-pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64, connections: u64) {
-    let dir = rampart_test_harness::process::TempDir::new("bench");
-    // `batched`: each hit is its own request of a batched check.
-    let script = |name: &str, path: &str, hits: usize, modulo: usize, cost: u64, batched: bool| {
-        let p = dir.0.join(name);
+/// A wrk script posting bodies of `hits` hits to `path`.
+struct Load {
+    name: &'static str,
+    path: &'static str,
+    /// Hits per call (requests of a batched check, or hits of one body).
+    hits: usize,
+    /// Counters the hits cycle through: `None` for a fresh counter on every hit.
+    keys: Option<usize>,
+    cost: u64,
+    /// Each hit is its own request of a batched check (`{"requests": [...]}`).
+    batched: bool,
+}
+
+impl Load {
+    fn script(&self, dir: &Path) -> PathBuf {
+        let p = dir.join(format!("{}.lua", self.name.replace(' ', "_")));
+        let cost = self.cost;
         let one = |h: usize| {
             format!("{{\\\"key\\\":\\\"k%d-{h}\\\",\\\"algorithm\\\":\\\"fixed_window\\\",\\\"limit\\\":1000000000,\\\"window_ms\\\":60000,\\\"cost\\\":{cost}}}")
         };
-        let body = if batched {
-            format!(
-                "{{\\\"requests\\\":[{}]}}",
-                (0..hits)
-                    .map(|h| format!("{{\\\"hits\\\":[{}]}}", one(h)))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
+        let body = if self.batched {
+            let requests: Vec<String> = (0..self.hits)
+                .map(|h| format!("{{\\\"hits\\\":[{}]}}", one(h)))
+                .collect();
+            format!("{{\\\"requests\\\":[{}]}}", requests.join(","))
         } else {
-            format!(
-                "{{\\\"hits\\\":[{}]}}",
-                (0..hits).map(one).collect::<Vec<_>>().join(",")
-            )
+            let hits: Vec<String> = (0..self.hits).map(one).collect();
+            format!("{{\\\"hits\\\":[{}]}}", hits.join(","))
+        };
+        // `i` counts calls: `i % keys` cycles through hot counters; `i` alone never repeats.
+        let index = match self.keys {
+            Some(k) => format!("i % {k}"),
+            None => "i".to_string(),
         };
         let lua = format!(
-            "local i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"POST\", \"{path}\", {{[\"Content-Type\"] = \"application/json\"}}, string.format(\"{body}\", i % {modulo}{}))\nend\n",
-            format!(", i % {modulo}").repeat(hits.saturating_sub(1))
+            "local i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"POST\", \"{}\", {{[\"Content-Type\"] = \"application/json\"}}, string.format(\"{body}\"{}))\nend\n",
+            self.path,
+            format!(", {index}").repeat(self.hits)
         );
         std::fs::write(&p, lua).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         p
-    };
-    // Checks spread over 10 hot keys (concurrent hits on one key coalesce); reports carry
-    // 100 distinct keys per call, cost 1 each.
-    let check = script("check.lua", "/v1/check", 1, 10, 1, false);
-    // What a busy gateway worker sends: 20 requests per call, one hit each.
-    let check20 = script("check20.lua", "/v1/check", 20, 10, 1, true);
-    let report = script("report.lua", "/v1/report", 100, 1000, 1, false);
-    // A gateway at 20k req/s over 100 hot keys reports each key with cost ~20 per 100 ms.
-    let report20 = script("report20.lua", "/v1/report", 100, 1000, 20, false);
-    let run = |lua: &std::path::Path| {
-        let out = Command::new("wrk")
-            .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "-s"])
-            .arg(lua)
-            .arg(format!("http://127.0.0.1:{}/", sidecar.port))
-            .output()
-            .unwrap_or_else(|e| panic!("wrk: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let check_rps = run(&check);
-    let check20_rps = run(&check20);
-    let report_rps = run(&report);
-    let report20_rps = run(&report20);
-    let incr = |pipeline: &str| {
-        let out = Command::new("redis-benchmark")
-            .args([
-                "-p",
-                &redis.port.to_string(),
-                "-t",
-                "incr",
-                "-n",
-                "300000",
-                "-c",
-                "32",
-                "-q",
-                "-P",
-                pipeline,
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("redis-benchmark: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        // The last "INCR:" is the summary; earlier ones are progress lines.
-        text.rsplit("INCR:")
-            .next()
-            .and_then(|t| t.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let (plain, pipelined) = (incr("1"), incr("16"));
-    println!("\nsidecar alone (Redis store, wrk -c{connections}):");
-    println!("  /v1/check, 1 hit per call, 10 keys {:>10.0} hits/s", check_rps);
-    println!("  /v1/check, 20 requests per call  {:>12.0} hits/s", check20_rps * 20.0);
-    println!("  /v1/report, 100 keys x cost 1    {:>12.0} hits/s", report_rps * 100.0);
-    println!(
-        "  /v1/report, 100 keys x cost 20   {:>12.0} hits/s",
-        report20_rps * 2000.0
-    );
-    println!("  redis-benchmark INCR             {:>12.0} ops/s", plain);
-    println!("  redis-benchmark INCR -P 16       {:>12.0} ops/s", pipelined);
-    let ratio = |hits_per_s: f64| hits_per_s / pipelined.max(1.0);
-    println!(
-        "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR (cost 1)",
-        ratio(report_rps * 100.0)
-    );
-    println!(
-        "ratio sidecar report hits/s        {:.3}x redis-benchmark pipelined INCR (cost 20)",
-        ratio(report20_rps * 2000.0)
-    );
+    }
 }
 
+/// Calls per second from wrk.
+fn wrk_script(port: u16, script: &Path, seconds: u64, connections: u64) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "-s"])
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap_or_else(|e| panic!("wrk: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.contains("Non-2xx") {
+        eprintln!("warning: non-2xx answers from the sidecar:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// redis-benchmark ops/s from 16 connections: `INCR` plain, or a command pipelined 16
+/// deep over 10 million random keys.
+fn redis_benchmark(port: u16, pipelined: Option<&[&str]>) -> f64 {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args(["-p", &port.to_string(), "-n", "300000", "-c", "16", "-q"]);
+    let label = match pipelined {
+        None => {
+            cmd.args(["-t", "incr"]);
+            "INCR:".to_string()
+        }
+        Some(command) => {
+            cmd.args(["-P", "16", "-r", "10000000"]).args(command);
+            format!("{}:", command.join(" "))
+        }
+    };
+    let out = cmd.output().unwrap_or_else(|e| panic!("redis-benchmark: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The last one is the summary; earlier ones are progress lines.
+    text.rsplit(label.as_str())
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+const HOT_CHECK: Load = Load {
+    name: "check 1 hit per call 10 hot keys",
+    path: "/v1/check",
+    hits: 1,
+    keys: Some(10),
+    cost: 1,
+    batched: false,
+};
+/// What a busy gateway worker sends: 20 requests per call, one hit each.
+const HOT_CHECK20: Load = Load {
+    name: "check 20 requests per call 10 hot keys",
+    path: "/v1/check",
+    hits: 20,
+    keys: Some(10),
+    cost: 1,
+    batched: true,
+};
+/// A gateway at 20k req/s over 100 hot keys reports each key with cost ~20 per 100 ms.
+const HOT_REPORT20: Load = Load {
+    name: "report 100 keys x cost 20",
+    path: "/v1/report",
+    hits: 100,
+    keys: Some(1000),
+    cost: 20,
+    batched: false,
+};
+/// A per-IP or per-key layer: every reported hit its own counter.
+const DISTINCT_REPORT: Load = Load {
+    name: "report 100 distinct counters x cost 1",
+    path: "/v1/report",
+    hits: 100,
+    keys: None,
+    cost: 1,
+    batched: false,
+};
+/// Sync checks keyed per client: every request its own counter.
+const DISTINCT_CHECK: Load = Load {
+    name: "check 20 requests per call distinct counters",
+    path: "/v1/check",
+    hits: 20,
+    keys: None,
+    cost: 1,
+    batched: true,
+};
+
+/// The sidecar alone: hits/s per load, and the ratios to pipelined INCR that matter.
+/// Returns (label, ratio) pairs for the chart.
+pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<(String, f64)> {
+    const CONNECTIONS: u64 = 16;
+    let dir = TempDir::new("bench");
+    let hits_per_s = |load: &Load, port: u16| {
+        wrk_script(port, &load.script(&dir.0), seconds, CONNECTIONS) * (load.hits as u64 * load.cost) as f64
+    };
+    let loads = [
+        &HOT_CHECK,
+        &HOT_CHECK20,
+        &HOT_REPORT20,
+        &DISTINCT_REPORT,
+        &DISTINCT_CHECK,
+    ];
+    let measured: Vec<f64> = loads.iter().map(|l| hits_per_s(l, sidecar.port)).collect();
+    let plain = redis_benchmark(redis.port, None);
+    let pipelined = redis_benchmark(redis.port, Some(&["incr", "key:__rand_int__"]));
+    // What a distinct counter costs Redis at the least: a key created with its expiry.
+    let floor = redis_benchmark(redis.port, Some(&["set", "key:__rand_int__", "1", "px", "60000", "nx"]));
+    println!("\nsidecar alone (one Redis, wrk -c{CONNECTIONS}; hits/s):");
+    for (l, m) in loads.iter().zip(&measured) {
+        println!("  {:<46} {m:>12.0}", l.name);
+    }
+    println!("  {:<46} {plain:>12.0}", "redis-benchmark INCR -c 16");
+    println!(
+        "  {:<46} {pipelined:>12.0}",
+        "redis-benchmark INCR -c 16 -P 16 -r 10000000"
+    );
+    println!("  {:<46} {floor:>12.0}", "redis-benchmark SET NX PX (same, fresh keys)");
+    println!(
+        "ratio redis-benchmark SET NX PX          {:.3}x INCR pipelined: the most any counter that expires can reach",
+        floor / pipelined.max(1.0)
+    );
+    let ratio = |m: f64| m / pipelined.max(1.0);
+    let mut chart = Vec::new();
+    for (i, label) in [
+        (2, "hot reports (cost 20)"),
+        (3, "distinct reports"),
+        (4, "distinct checks"),
+    ] {
+        println!(
+            "ratio sidecar {label:<28} {:.3}x redis-benchmark pipelined INCR",
+            ratio(measured[i])
+        );
+        chart.push((format!("sidecar {label} / pipelined INCR"), ratio(measured[i])));
+    }
+
+    if std::env::var("BENCH_NO_CLUSTER").is_ok() {
+        return chart;
+    }
+    // Redis Cluster: the same distinct-counter reports over 1 and 3 masters.
+    println!("\ndistinct-counter reports through Redis Cluster (hits/s; all on these 2 cores):");
+    for masters in [1, 3] {
+        let cluster = RedisCluster::start(masters);
+        let sc = Sidecar::start(&["--redis-cluster", &cluster.urls(), "--threads", "2"]);
+        let hits = hits_per_s(&DISTINCT_REPORT, sc.port);
+        println!("  {masters} master(s) {hits:>38.0}");
+        chart.push((
+            format!("cluster, {masters} master(s), distinct reports / pipelined INCR"),
+            ratio(hits),
+        ));
+    }
+    chart
+}
