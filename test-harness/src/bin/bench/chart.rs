@@ -18,7 +18,7 @@ pub fn draw(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), Stri
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(30)
+        .x_label_area_size(42)
         .y_label_area_size(430)
         .build_cartesian_2d(0f64..top, (0u32..n).into_segmented())
         .map_err(|e| e.to_string())?;

@@ -178,7 +178,10 @@ pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<
         floor / pipelined.max(1.0)
     );
     let ratio = |m: f64| m / pipelined.max(1.0);
-    let mut chart = Vec::new();
+    let mut chart = vec![(
+        "Redis alone: SET NX PX (a counter that expires) / pipelined INCR".to_string(),
+        ratio(floor),
+    )];
     for (i, label) in [
         (2, "hot reports (cost 20)"),
         (3, "distinct reports"),
