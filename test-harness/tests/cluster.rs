@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{hammer, keyed};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,66 +15,12 @@ use rampart_test_harness::http::Client;
 use rampart_test_harness::redis::{RedisCluster, RedisNode};
 use rampart_test_harness::sidecar::Sidecar;
 use rampart_test_harness::upstream::{Answer, Upstream};
-use serde_json::{json, Value};
-
-/// A plugin config with one cluster layer keyed by API key.
-fn keyed(sync: &str, limit: u64, failure_mode: &str, fallback: Option<u64>, timeout: &str) -> Value {
-    let mut layer = json!({"name": "keys", "key": "header:x-api-key", "algorithm": "fixed_window",
-        "limit": limit, "window": "1h", "scope": "cluster", "sync": sync});
-    if sync == "async" {
-        layer["sync_interval"] = json!("100ms");
-    }
-    if let Some(f) = fallback {
-        layer["fallback"] = json!({"limit": f});
-    }
-    json!({
-        "sidecar": {"upstream": "rampart_sidecar", "timeout": timeout, "key_secret": "test-fleet-secret-0123"},
-        "failure_mode": failure_mode,
-        "layers": [layer]
-    })
-}
+use serde_json::Value;
 
 fn gateways(n: usize, plugin: &Value, upstream: &Upstream, sidecar: &Sidecar) -> Vec<Envoy> {
     (0..n)
         .map(|_| Envoy::start(&Options::fleet(&plugin.to_string(), upstream.port, sidecar.port)))
         .collect()
-}
-
-/// Sends `per_gateway` requests with `key` to each gateway from its own thread, all at
-/// once; returns how many were admitted.
-fn hammer(envoys: &[Envoy], key: &str, per_gateway: usize) -> u64 {
-    hammer_paced(envoys, key, per_gateway, Duration::ZERO)
-}
-
-/// Like `hammer`, with `gap` between one thread's requests.
-fn hammer_paced(envoys: &[Envoy], key: &str, per_gateway: usize, gap: Duration) -> u64 {
-    let ok = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = envoys
-        .iter()
-        .map(|e| {
-            let (port, ok, key) = (e.port, Arc::clone(&ok), key.to_string());
-            std::thread::spawn(move || {
-                let mut c = Client::new(port);
-                for _ in 0..per_gateway {
-                    std::thread::sleep(gap);
-                    let r = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request");
-                    assert!(
-                        r.status == 200 || r.status == 429,
-                        "unexpected {}: {}",
-                        r.status,
-                        r.body_text()
-                    );
-                    if r.status == 200 {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
-    ok.load(Ordering::SeqCst)
 }
 
 #[test]
@@ -83,7 +31,16 @@ fn redis_cluster_spreads_counters_and_stays_exact() {
     let envoys = gateways(3, &keyed("sync", 3, "closed", None, "500ms"), &upstream, &sidecar);
     for k in 0..24 {
         let key = format!("tenant-{k}");
-        assert_eq!(hammer(&envoys, &key, 2), 3, "{key}: 6 requests, limit 3");
+        assert_eq!(
+            hammer(
+                &envoys.iter().map(|e| e.port).collect::<Vec<_>>(),
+                &key,
+                2,
+                Duration::ZERO
+            ),
+            3,
+            "{key}: 6 requests, limit 3"
+        );
     }
     for n in &cluster.nodes {
         assert!(n.dbsize() > 0, "master on port {} holds no counters", n.port);

@@ -142,6 +142,20 @@ fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// Waits for the sidecar to log the recovery, then checks the outage and the recovery
+/// were each logged once; returns the log.
+fn outage_logged_once(sidecar: &Sidecar) -> String {
+    let logged = Instant::now() + Duration::from_secs(10);
+    while count(&sidecar.log(), "store answering again") == 0 {
+        assert!(Instant::now() < logged, "no recovery logged:\n{}", sidecar.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sidecar.log();
+    assert_eq!(count(&log, "store unreachable"), 1, "{log}");
+    assert_eq!(count(&log, "store answering again"), 1, "{log}");
+    log
+}
+
 #[test]
 fn cluster_failovers_crash_planned_and_rejoin_are_exact_again_within_5s() {
     let mut cluster = RedisCluster::start_with_replicas(3, 1, Duration::from_millis(1500));
@@ -178,14 +192,7 @@ fn cluster_failovers_crash_planned_and_rejoin_are_exact_again_within_5s() {
     );
     assert!(exact.saturating_duration_since(promoted) <= RECOVERY_BOUND);
     // The log tells the outage and the recovery, each once, and the topology change.
-    let logged = Instant::now() + Duration::from_secs(10);
-    while count(&sidecar.log(), "store answering again") == 0 {
-        assert!(Instant::now() < logged, "no recovery logged:\n{}", sidecar.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = sidecar.log();
-    assert_eq!(count(&log, "store unreachable"), 1, "{log}");
-    assert_eq!(count(&log, "store answering again"), 1, "{log}");
+    let log = outage_logged_once(&sidecar);
     assert!(count(&log, "topology changed") >= 1, "{log}");
     let health = rampart_test_harness::http::get_once(sidecar.port, "/healthz").unwrap();
     assert_eq!(health.status, 200, "{}", health.body_text());
@@ -270,14 +277,7 @@ fn sentinel_failover_and_rejoin_are_exact_again_within_5s() {
         exact.saturating_duration_since(promoted)
     );
     assert!(exact.saturating_duration_since(promoted) <= RECOVERY_BOUND);
-    let logged = Instant::now() + Duration::from_secs(10);
-    while count(&sidecar.log(), "store answering again") == 0 {
-        assert!(Instant::now() < logged, "no recovery logged:\n{}", sidecar.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = sidecar.log();
-    assert_eq!(count(&log, "store unreachable"), 1, "{log}");
-    assert_eq!(count(&log, "store answering again"), 1, "{log}");
+    let log = outage_logged_once(&sidecar);
     assert_eq!(count(&log, "sentinel failover noticed"), 1, "{log}");
 
     // The old master comes back; the sentinels make it a replica of the new one.

@@ -5,34 +5,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::on_every_proxy;
+use common::{hammer, keyed, on_every_proxy};
 use rampart_test_harness::gateway::{Gateway, Options, Proxy};
-use rampart_test_harness::http::{Client, Response};
+use rampart_test_harness::http::Response;
 use rampart_test_harness::redis::RedisNode;
 use rampart_test_harness::sidecar::Sidecar;
 use rampart_test_harness::upstream::{Answer, Silent, Upstream};
-use serde_json::{json, Value};
-
-/// A plugin config with one cluster layer keyed by API key.
-fn keyed(sync: &str, limit: u64, failure_mode: &str, fallback: Option<u64>, timeout: &str) -> Value {
-    let mut layer = json!({"name": "keys", "key": "header:x-api-key", "algorithm": "fixed_window",
-        "limit": limit, "window": "1h", "scope": "cluster", "sync": sync});
-    if sync == "async" {
-        layer["sync_interval"] = json!("100ms");
-    }
-    if let Some(f) = fallback {
-        layer["fallback"] = json!({"limit": f});
-    }
-    json!({
-        "sidecar": {"upstream": "rampart_sidecar", "timeout": timeout, "key_secret": "test-fleet-secret-0123"},
-        "failure_mode": failure_mode,
-        "layers": [layer]
-    })
-}
+use serde_json::Value;
 
 /// Gateways of one proxy, each with its own sidecar, all sharing one Redis.
 struct Fleet {
@@ -58,44 +39,12 @@ fn fleet(proxy: Proxy, n: usize, plugin: &Value) -> Fleet {
     }
 }
 
-/// Sends `per_gateway` requests with `key` to each gateway from its own thread, all at
-/// once, `gap` apart; returns how many were admitted.
-fn hammer(gateways: &[Gateway], key: &str, per_gateway: usize, gap: Duration) -> u64 {
-    let ok = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = gateways
-        .iter()
-        .map(|g| {
-            let (port, ok, key) = (g.port(), Arc::clone(&ok), key.to_string());
-            std::thread::spawn(move || {
-                let mut c = Client::new(port);
-                for _ in 0..per_gateway {
-                    std::thread::sleep(gap);
-                    let r = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request");
-                    assert!(
-                        r.status == 200 || r.status == 429,
-                        "unexpected {}: {}",
-                        r.status,
-                        r.body_text()
-                    );
-                    if r.status == 200 {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
-    ok.load(Ordering::SeqCst)
-}
-
 #[test]
 fn sync_admits_exactly_the_limit_across_gateways_sharing_redis() {
     on_every_proxy(|proxy| {
         let f = fleet(proxy, 2, &keyed("sync", 40, "closed", None, "500ms"));
         assert_eq!(
-            hammer(&f.gateways, "shared-key", 30, Duration::ZERO),
+            hammer(&ports(&f.gateways), "shared-key", 30, Duration::ZERO),
             40,
             "60 requests over 2 gateways, limit 40"
         );
@@ -103,7 +52,7 @@ fn sync_admits_exactly_the_limit_across_gateways_sharing_redis() {
         // Headers carry the fleet-wide numbers.
         let r = f.gateways[1].client().get("/", &[("x-api-key", b"fresh")]).unwrap();
         assert_eq!(r.header_u64("x-ratelimit-remaining"), Some(39));
-        assert_eq!(hammer(&f.gateways[..1], "fresh", 1, Duration::ZERO), 1);
+        assert_eq!(hammer(&ports(&f.gateways[..1]), "fresh", 1, Duration::ZERO), 1);
         assert_eq!(
             f.gateways[1]
                 .client()
@@ -122,7 +71,7 @@ fn async_stays_within_the_stated_bound_across_gateways() {
         let f = fleet(proxy, 3, &keyed("async", LIMIT, "open", None, "500ms"));
         // Paced at about 100 requests/s per gateway, so the bound is tighter than 3x limit.
         let started = Instant::now();
-        let admitted = hammer(&f.gateways, "async-key", 100, Duration::from_millis(10));
+        let admitted = hammer(&ports(&f.gateways), "async-key", 100, Duration::from_millis(10));
         let elapsed = started.elapsed().as_secs_f64();
         if !proxy.traits().async_reports {
             // No tick to report on: async layers run as sync there, exactly.
@@ -145,8 +94,12 @@ fn async_stays_within_the_stated_bound_across_gateways() {
         );
         // Once the reports have landed every gateway knows the key is spent.
         std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(hammer(&f.gateways, "async-key", 5, Duration::ZERO), 0);
+        assert_eq!(hammer(&ports(&f.gateways), "async-key", 5, Duration::ZERO), 0);
     });
+}
+
+fn ports(gateways: &[Gateway]) -> Vec<u16> {
+    gateways.iter().map(Gateway::port).collect()
 }
 
 /// The ways a sidecar call fails.

@@ -2,12 +2,15 @@
 //! Shared setup for the end-to-end tests.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rampart_test_harness::envoy::{Envoy, Options};
 use rampart_test_harness::gateway::{self, Gateway, Proxy};
 use rampart_test_harness::http::Client;
 use rampart_test_harness::upstream::Upstream;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub struct Stack {
     pub envoy: Envoy,
@@ -59,4 +62,53 @@ pub fn statuses(c: &mut Client, path: &str, headers: &[(&str, &[u8])], n: usize)
 
 pub fn count(v: &[u16], status: u16) -> usize {
     v.iter().filter(|s| **s == status).count()
+}
+
+/// A plugin config with one cluster layer keyed by API key.
+pub fn keyed(sync: &str, limit: u64, failure_mode: &str, fallback: Option<u64>, timeout: &str) -> Value {
+    let mut layer = json!({"name": "keys", "key": "header:x-api-key", "algorithm": "fixed_window",
+        "limit": limit, "window": "1h", "scope": "cluster", "sync": sync});
+    if sync == "async" {
+        layer["sync_interval"] = json!("100ms");
+    }
+    if let Some(f) = fallback {
+        layer["fallback"] = json!({"limit": f});
+    }
+    json!({
+        "sidecar": {"upstream": "rampart_sidecar", "timeout": timeout, "key_secret": "test-fleet-secret-0123"},
+        "failure_mode": failure_mode,
+        "layers": [layer]
+    })
+}
+
+/// Sends `per_gateway` requests with `key` to each gateway port from its own thread,
+/// all at once, `gap` apart; returns how many were admitted.
+pub fn hammer(ports: &[u16], key: &str, per_gateway: usize, gap: Duration) -> u64 {
+    let ok = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = ports
+        .iter()
+        .map(|&port| {
+            let (ok, key) = (Arc::clone(&ok), key.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::new(port);
+                for _ in 0..per_gateway {
+                    std::thread::sleep(gap);
+                    let r = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request");
+                    assert!(
+                        r.status == 200 || r.status == 429,
+                        "unexpected {}: {}",
+                        r.status,
+                        r.body_text()
+                    );
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    ok.load(Ordering::SeqCst)
 }

@@ -2,7 +2,7 @@
 
 use rampart_test_harness::nginx::{self, Engine, Nginx};
 
-use crate::load::{median, wrk, Sample};
+use crate::load::{medians, wrk, Sample};
 
 /// Kong's and APISIX's engines: no filter, the no-op wasm filter and Rampart's local
 /// layers on each, alternated round by round; ratios to the no-op filter (returned for
@@ -59,14 +59,7 @@ pub fn engines(rounds: u64, seconds: u64, connections: u64) -> Vec<(String, f64)
         "{:<36} {:>12} {:>10} {:>10}",
         "configuration", "req/s", "p50 ms", "p99 ms"
     );
-    let med: Vec<Sample> = samples
-        .iter()
-        .map(|v| Sample {
-            rps: median(v.iter().map(|s| s.rps).collect()),
-            p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
-            p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
-        })
-        .collect();
+    let med = medians(&samples);
     for ((name, _), m) in runs.iter().zip(&med) {
         println!("{name:<36} {:>12.0} {:>10.3} {:>10.3}", m.rps, m.p50_ms, m.p99_ms);
     }

@@ -53,6 +53,18 @@ pub fn wrk(port: u16, seconds: u64, connections: u64) -> Sample {
     s
 }
 
+/// Each configuration's median throughput and latencies over its runs.
+pub fn medians(samples: &[Vec<Sample>]) -> Vec<Sample> {
+    samples
+        .iter()
+        .map(|v| Sample {
+            rps: median(v.iter().map(|s| s.rps).collect()),
+            p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
+            p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+        })
+        .collect()
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)

@@ -30,7 +30,7 @@ use rampart_test_harness::sidecar::Sidecar;
 use serde_json::json;
 
 use engines::engines;
-use load::{median, paced, wrk, Sample};
+use load::{median, medians, paced, wrk, Sample};
 use sidecar::sidecar_alone;
 
 struct Scenario {
@@ -216,14 +216,7 @@ fn main() {
         "\n{:<28} {:>12} {:>10} {:>10}",
         "configuration (medians)", "req/s", "p50 ms", "p99 ms"
     );
-    let med: Vec<Sample> = samples
-        .iter()
-        .map(|v| Sample {
-            rps: median(v.iter().map(|s| s.rps).collect()),
-            p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
-            p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
-        })
-        .collect();
+    let med = medians(&samples);
     for (s, m) in scenarios.iter().zip(&med) {
         println!("{:<28} {:>12.0} {:>10.3} {:>10.3}", s.name, m.rps, m.p50_ms, m.p99_ms);
     }
@@ -306,17 +299,16 @@ fn lone_requests(envoys: &[Envoy], scenarios: &[Scenario], sync: usize, referenc
         }
     }
     println!("\none connection (wrk -c1, medians of 3):");
-    let med: Vec<(f64, f64, f64)> = samples
-        .iter()
-        .map(|v| {
-            (
-                median(v.iter().map(|s| s.rps).collect()),
-                median(v.iter().map(|s| s.p50_ms).collect()),
-                median(v.iter().map(|s| s.p99_ms).collect()),
-            )
-        })
-        .collect();
-    for (&i, (rps, p50, p99)) in runs.iter().zip(&med) {
+    let med = medians(&samples);
+    for (
+        &i,
+        Sample {
+            rps,
+            p50_ms: p50,
+            p99_ms: p99,
+        },
+    ) in runs.iter().zip(&med)
+    {
         println!(
             "  {:<28} {rps:>10.0} req/s  p50 {p50:.3} ms  p99 {p99:.3} ms",
             scenarios[i].name
@@ -326,8 +318,8 @@ fn lone_requests(envoys: &[Envoy], scenarios: &[Scenario], sync: usize, referenc
         println!(
             "p99 one connection {:<24} +{:.3} ms over no filter (p50 +{:.3} ms)",
             scenarios[i].name,
-            med[k].2 - med[0].2,
-            med[k].1 - med[0].1
+            med[k].p99_ms - med[0].p99_ms,
+            med[k].p50_ms - med[0].p50_ms
         );
     }
 }
