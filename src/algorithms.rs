@@ -196,18 +196,8 @@ pub fn usage(alg: &Algorithm, f: Fields, now: u64) -> u64 {
             }
         }
         Algorithm::SlidingWindow { window_ms } => {
-            let w = (window_ms * NS_PER_MS).max(1);
-            let win = now / w;
-            let (cur, prev) = if f[0] == win {
-                (f[1], f[2])
-            } else if f[0].wrapping_add(1) == win {
-                (0, f[1])
-            } else {
-                (0, 0)
-            };
-            let elapsed = (now - win * w) as u128;
-            let est = prev as u128 * (w as u128 - elapsed) + cur as u128 * w as u128;
-            est.div_ceil(w as u128).min(u64::MAX as u128) as u64
+            let s = SlidingNow::of(f, (window_ms * NS_PER_MS).max(1), now);
+            s.est.div_ceil(s.w as u128).min(u64::MAX as u128) as u64
         }
         Algorithm::TokenBucket { .. } => f[0].saturating_sub(now).div_ceil(NS_PER_MS),
         Algorithm::Concurrency => f[0],
@@ -233,20 +223,50 @@ fn fixed(w: u64, limit: u64, f: Fields, now: u64, want: Want) -> (Decision, Opti
 /// Two-counter sliding window: the previous window's count weighted by how much of it
 /// still overlaps the sliding window, plus the current count. Assumes requests were
 /// spread evenly over the previous window; the error is bounded by that window's count.
+/// A sliding window's standing at `now`: this window's count, the previous one's, and
+/// the estimate, scaled by `w` to stay in integers: prev * (w - elapsed) + cur * w.
+struct SlidingNow {
+    w: u64,
+    win: u64,
+    cur: u64,
+    prev: u64,
+    elapsed: u64,
+    est: u128,
+}
+
+impl SlidingNow {
+    fn of(f: Fields, w: u64, now: u64) -> SlidingNow {
+        let win = now / w;
+        let (cur, prev) = if f[0] == win {
+            (f[1], f[2])
+        } else if f[0].wrapping_add(1) == win {
+            (0, f[1])
+        } else {
+            (0, 0)
+        };
+        let elapsed = now - win * w;
+        let est = prev as u128 * (w - elapsed) as u128 + cur as u128 * w as u128;
+        SlidingNow {
+            w,
+            win,
+            cur,
+            prev,
+            elapsed,
+            est,
+        }
+    }
+}
+
 fn sliding(w: u64, limit: u64, f: Fields, now: u64, want: Want) -> (Decision, Option<Fields>) {
-    let w = w.max(1);
-    let win = now / w;
-    let (cur, prev) = if f[0] == win {
-        (f[1], f[2])
-    } else if f[0].wrapping_add(1) == win {
-        (0, f[1])
-    } else {
-        (0, 0)
-    };
-    let elapsed = now - win * w;
+    let SlidingNow {
+        w,
+        win,
+        cur,
+        prev,
+        elapsed,
+        est,
+    } = SlidingNow::of(f, w.max(1), now);
     let (w128, limit128) = (w as u128, limit as u128);
-    // Estimate scaled by w to stay in integers: prev * (w - elapsed) + cur * w.
-    let est = prev as u128 * (w - elapsed) as u128 + cur as u128 * w128;
     let reset_ns = w - elapsed;
     // Whole requests that still fit under the limit, this one included.
     let capacity = (limit128 * w128).saturating_sub(est) / w128;
@@ -316,6 +336,38 @@ mod tests {
             }
         }
         ok
+    }
+
+    #[test]
+    fn usage_is_what_dropping_a_counter_would_forgive() {
+        let t0 = 1_000 * 60 * S; // the start of a 1-minute window
+        let fixed = Algorithm::FixedWindow { window_ms: 60_000 };
+        let mut st = None;
+        run(&fixed, 5, 5, &mut st, t0, 3);
+        let f = decode(&fixed, st.as_ref().map(|s| &s[..]));
+        assert_eq!(usage(&fixed, f, t0 + S), 3);
+        assert_eq!(usage(&fixed, f, t0 + 60 * S), 0, "the next window holds nothing");
+        let sliding = Algorithm::SlidingWindow { window_ms: 60_000 };
+        let mut st = None;
+        run(&sliding, 10, 10, &mut st, t0, 4);
+        let f = decode(&sliding, st.as_ref().map(|s| &s[..]));
+        assert_eq!(usage(&sliding, f, t0 + S), 4);
+        assert_eq!(
+            usage(&sliding, f, t0 + 90 * S),
+            2,
+            "half of the previous window still counts"
+        );
+        assert_eq!(usage(&sliding, f, t0 + 120 * S), 0);
+        let bucket = Algorithm::TokenBucket {
+            window_ms: 1_000,
+            burst: 10,
+        };
+        let mut st = None;
+        run(&bucket, 10, 10, &mut st, t0, 2);
+        let f = decode(&bucket, st.as_ref().map(|s| &s[..]));
+        assert_eq!(usage(&bucket, f, t0), 200, "ms until the bucket is full again");
+        assert_eq!(usage(&bucket, f, t0 + S), 0);
+        assert_eq!(usage(&Algorithm::Concurrency, [3, 0, 0], t0), 3);
     }
 
     #[test]
