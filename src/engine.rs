@@ -4,8 +4,7 @@
 //! is unit-tested natively with `testing::FakeHost`; `host/` implements the trait with
 //! proxy-wasm hostcalls.
 
-use crate::algorithms::Fields;
-use crate::algorithms::{self, Decision};
+use crate::algorithms::{self, Decision, Fields};
 use crate::client_ip::{self, ClientIp};
 use crate::cluster::{FleetKey, Views};
 use crate::denials::{Denial, Denials};

@@ -336,7 +336,7 @@ fn resolve(w: Waiter, answer: Option<Outcomes>) {
     drop(worker);
     match step {
         Step::Done(verdict) => {
-            let (action, finished) = stream::conclude(verdict, compiled.reply_details, true);
+            let (action, finished) = stream::conclude(verdict, compiled.family.reply_details(), true);
             if action == Action::Continue {
                 let _ = abi::continue_request();
             }

@@ -3,6 +3,7 @@
 
 mod abi;
 mod batch;
+mod family;
 mod logger;
 mod peer;
 mod root;
@@ -50,15 +51,7 @@ struct Compiled {
     report_every_ns: Option<u64>,
     shared: SharedData,
     peer: peer::PeerAddress,
-    /// `details` of local replies: Envoy logs them as response code details, Kong's
-    /// engine makes them the reason phrase ("429 rampart"), so they are empty there.
-    reply_details: &'static str,
-    /// Close the client connection after a request that called the sidecar. Kong's
-    /// engine (ngx_wasm_module 3bed278) corrupts a kept-alive connection whose request
-    /// made an HTTP call and was then proxied: a later request on it crashes the worker
-    /// (signal 11; seen with a filter that does nothing but one call). `Connection:
-    /// close` on that response ends the connection before it is reused.
-    close_after_call: bool,
+    family: family::Family,
 }
 
 impl Compiled {

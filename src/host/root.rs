@@ -8,6 +8,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use super::batch;
+use super::family::Family;
 use super::shared::SharedData;
 use super::stream::Stream;
 use super::{
@@ -114,21 +115,15 @@ impl RootContext for Root {
                 engine.run_async_as_sync();
             }
         }
-        // Blind writes that replace tell proxy-wasm-cpp-host (Envoy) apart from Kong's
-        // engine; a host without shared data at all is api7/wasm-nginx-module (APISIX),
-        // whose properties are nginx variables.
-        let cpp_host = shared.blind_writes_replace();
-        let nginx_variables = matches!(shared, SharedData::Local { .. });
-        // Envoy (use_remote_address) appends the peer to X-Forwarded-For; the nginx
-        // hosts hand the filter the header as the client sent it.
-        engine.xff_ends_with_peer = cpp_host;
+        let family = Family::detect(&shared);
+        engine.xff_ends_with_peer = family.xff_ends_with_peer();
         if engine
             .policy
             .layers
             .iter()
             .any(|l| l.sync_mode() == Some(SyncMode::Sync))
             && ticks
-            && cpp_host
+            && family.batches()
         {
             if let Some(name) = wake_queue_name() {
                 batch::enable(self.id, &name);
@@ -150,9 +145,8 @@ impl RootContext for Root {
             pending: RefCell::new(pending),
             report_every_ns,
             shared,
-            peer: super::peer::PeerAddress::new(nginx_variables),
-            reply_details: if cpp_host { "rampart" } else { "" },
-            close_after_call: !cpp_host && !nginx_variables,
+            peer: super::peer::PeerAddress::new(family.nginx_variables()),
+            family,
         }));
         true
     }

@@ -21,7 +21,7 @@ pub(super) struct Stream {
     paused: Option<(u32, Box<Paused>)>,
     /// Handed to this worker's batcher: the root resumes it and leaves a `Finished`.
     batched: bool,
-    /// This request made an HTTP call of its own (see `Compiled::close_after_call`).
+    /// This request made an HTTP call of its own (see `Family::close_after_call`).
     called: bool,
 }
 
@@ -132,7 +132,7 @@ impl Stream {
             match step {
                 Step::Done(verdict) => {
                     drop(worker);
-                    let (action, finished) = conclude(verdict, compiled.reply_details, with_body);
+                    let (action, finished) = conclude(verdict, compiled.family.reply_details(), with_body);
                     self.held = finished.held;
                     self.response_headers = finished.response_headers;
                     return match action {
@@ -203,7 +203,7 @@ impl HttpContext for Stream {
         for (name, value) in &self.response_headers {
             let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, name, value);
         }
-        if self.called && self.compiled.close_after_call {
+        if self.called && self.compiled.family.close_after_call() {
             let _ = abi::add_header(abi::MAP_RESPONSE_HEADERS, "connection", "close");
         }
         Action::Continue
