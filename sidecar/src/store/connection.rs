@@ -272,7 +272,6 @@ impl Supervised {
             Target::Single(url) => host_port(url),
             Target::Cluster(_) => {
                 let mut masters: Vec<&str> = v.owners.iter().map(|(_, _, a)| a.as_str()).collect();
-                masters.dedup();
                 masters.sort();
                 masters.dedup();
                 format!("masters {}", masters.join(","))

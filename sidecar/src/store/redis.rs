@@ -218,9 +218,36 @@ return out
 /// runs (a few microseconds per counter).
 const MAX_PER_CALL: usize = 128;
 
+/// Which deployment the store talks to: decides its name and whether batches are
+/// split by owning node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+impl Topology {
+    fn of(target: &Target) -> Topology {
+        match target {
+            Target::Single(_) => Topology::Single,
+            Target::Cluster(_) => Topology::Cluster,
+            Target::Sentinel { .. } => Topology::Sentinel,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Topology::Single => "redis",
+            Topology::Cluster => "redis-cluster",
+            Topology::Sentinel => "redis-sentinel",
+        }
+    }
+}
+
 pub struct RedisStore {
     conn: Arc<Supervised>,
-    kind: &'static str,
+    topology: Topology,
     /// The batch script; on Cluster with `allow-cross-slot-keys` (Redis 7.0 and later).
     script: Script,
     timeout: Duration,
@@ -294,30 +321,22 @@ impl RedisStore {
     /// Connects to one Redis, a Cluster or the master Sentinel names; fails when
     /// nothing answers.
     pub async fn connect(target: Target, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let kind = match target {
-            Target::Single(_) => "redis",
-            Target::Cluster(_) => "redis-cluster",
-            Target::Sentinel { .. } => "redis-sentinel",
-        };
-        let conn = Supervised::connect(target, timeout).await?;
-        Ok(Self::with(conn, kind, timeout))
-    }
-
-    fn with(conn: Arc<Supervised>, kind: &'static str, timeout: Duration) -> RedisStore {
-        let script = match kind {
-            "redis-cluster" => Script::new(&format!("#!lua flags=allow-cross-slot-keys\n{BATCH}")),
+        let topology = Topology::of(&target);
+        let script = match topology {
+            Topology::Cluster => Script::new(&format!("#!lua flags=allow-cross-slot-keys\n{BATCH}")),
             _ => Script::new(BATCH),
         };
-        RedisStore {
+        let conn = Supervised::connect(target, timeout).await?;
+        Ok(RedisStore {
             conn,
-            kind,
+            topology,
             script,
             timeout,
-        }
+        })
     }
 
     pub fn name(&self) -> &'static str {
-        self.kind
+        self.topology.name()
     }
 
     /// What is connected now (for `/healthz`).
@@ -358,7 +377,7 @@ impl RedisStore {
         let mut results: Vec<Option<Result<Applied, StoreError>>> = vec![None; calls.len()];
         // Indexes of calls, grouped by the node believed to own them.
         let mut groups: Vec<Vec<usize>> = Vec::new();
-        if self.kind == "redis-cluster" {
+        if self.topology == Topology::Cluster {
             let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
             for (i, c) in calls.iter().enumerate() {
                 let node = self.conn.owner_of(slot_of(c.key)).unwrap_or_default();
@@ -400,12 +419,12 @@ impl RedisStore {
                 results[i] = Some(r.and_then(|mut v| v.pop().unwrap_or_else(|| Err(malformed("no answer")))));
             }
         }
-        let mut out: Vec<Result<Applied, StoreError>> = results
+        let out: Vec<Result<Applied, StoreError>> = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(malformed("no answer"))))
             .collect();
         // Remember blocked and flagged keys for `keys list` (sets of their own).
-        for (c, r) in calls.iter().zip(out.iter_mut()) {
+        for (c, r) in calls.iter().zip(&out) {
             let index = match r {
                 Ok(a) if a.state == KeyState::Blocked => "blocked",
                 Ok(a) if a.state == KeyState::Flagged => "flagged",
