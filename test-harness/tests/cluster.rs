@@ -49,17 +49,8 @@ fn redis_cluster_spreads_counters_and_stays_exact() {
 
 /// Sends requests one by one, timing each; returns statuses and the slowest.
 fn timed(envoy: &Envoy, key: &str, n: usize) -> (Vec<u16>, Duration) {
-    let mut c = envoy.client();
-    let mut slowest = Duration::ZERO;
-    let statuses = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            let s = c.get("/", &[("x-api-key", key.as_bytes())]).expect("request").status;
-            slowest = slowest.max(t.elapsed());
-            s
-        })
-        .collect();
-    (statuses, slowest)
+    let (answers, slowest) = common::timed(envoy.client(), key, n);
+    (answers.iter().map(|r| r.status).collect(), slowest)
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{hammer, keyed, on_every_proxy};
+use common::{hammer, keyed, on_every_proxy, timed};
 use rampart_test_harness::gateway::{Gateway, Options, Proxy};
 use rampart_test_harness::http::Response;
 use rampart_test_harness::redis::RedisNode;
@@ -142,23 +142,6 @@ fn failing_sidecar(fault: Fault) -> (u16, Box<dyn std::any::Any>) {
     }
 }
 
-/// Sends one request at a time, timing each.
-fn timed(g: &Gateway, key: &str, n: usize) -> (Vec<Response>, Duration) {
-    let mut c = g.client();
-    let mut slowest = Duration::ZERO;
-    let answers = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            let r = c
-                .get("/", &[("x-api-key", key.as_bytes())])
-                .expect("every request is answered");
-            slowest = slowest.max(t.elapsed());
-            r
-        })
-        .collect();
-    (answers, slowest)
-}
-
 /// A refusal's JSON body, where the host keeps bodies after this fault.
 fn assert_refusal(proxy: Proxy, fault: Fault, r: &Response, error: &str) {
     assert!(r.header_u64("retry-after").is_some_and(|s| s >= 1), "{:?}", r.headers);
@@ -181,7 +164,7 @@ fn failure_modes_hold_when_the_sidecar_is_down_refusing_erroring_or_silent() {
             let opts = |plugin: &Value| Options::new(plugin, upstream.port).with_sidecar(port);
 
             let open = Gateway::start(proxy, &opts(&keyed("sync", 5, "open", Some(2), "250ms")));
-            let (answers, slowest) = timed(&open, "k", 4);
+            let (answers, slowest) = timed(open.client(), "k", 4);
             let got: Vec<u16> = answers.iter().map(|r| r.status).collect();
             assert_eq!(got, [200, 200, 429, 429], "{fault:?}, open: the fallback limit 2 holds");
             assert_refusal(proxy, fault, &answers[2], "rate_limited");
@@ -192,7 +175,7 @@ fn failure_modes_hold_when_the_sidecar_is_down_refusing_erroring_or_silent() {
             open.metrics_reach(&[("rampart_keys_sidecar_errors", 4.0), ("rampart_keys_fail_open", 4.0)]);
 
             let closed = Gateway::start(proxy, &opts(&keyed("sync", 5, "closed", None, "250ms")));
-            let (answers, slowest) = timed(&closed, "k", 2);
+            let (answers, slowest) = timed(closed.client(), "k", 2);
             assert!(answers.iter().all(|r| r.status == 503), "{fault:?}, closed");
             assert_refusal(proxy, fault, &answers[0], "rate_limiter_unavailable");
             assert!(
@@ -213,7 +196,7 @@ fn sidecar_killed_fail_open_uses_fallback_then_exact_again() {
         let upstream = Upstream::start();
         let plugin = keyed("sync", 5, "open", Some(2), "250ms");
         let g = Gateway::start(proxy, &Options::new(&plugin, upstream.port).with_sidecar(port));
-        let statuses = |key: &str, n| timed(&g, key, n).0.iter().map(|r| r.status).collect::<Vec<_>>();
+        let statuses = |key: &str, n| timed(g.client(), key, n).0.iter().map(|r| r.status).collect::<Vec<_>>();
         assert_eq!(statuses("k1", 6), [200, 200, 200, 200, 200, 429]);
         sidecar.kill();
         assert_eq!(

@@ -4,11 +4,11 @@
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rampart_test_harness::envoy::{Envoy, Options};
 use rampart_test_harness::gateway::{self, Gateway, Proxy};
-use rampart_test_harness::http::Client;
+use rampart_test_harness::http::{Client, Response};
 use rampart_test_harness::upstream::Upstream;
 use serde_json::{json, Value};
 
@@ -58,6 +58,23 @@ pub fn single(proxy: Proxy, plugin: &Value, workers: u32) -> Single {
 /// Sends `n` GETs on one connection and returns the status codes.
 pub fn statuses(c: &mut Client, path: &str, headers: &[(&str, &[u8])], n: usize) -> Vec<u16> {
     (0..n).map(|_| c.get(path, headers).expect("request").status).collect()
+}
+
+/// Sends `n` GETs with `key` as the API key on one connection, one at a time; the
+/// answers and the slowest of them.
+pub fn timed(mut c: Client, key: &str, n: usize) -> (Vec<Response>, Duration) {
+    let mut slowest = Duration::ZERO;
+    let answers = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let r = c
+                .get("/", &[("x-api-key", key.as_bytes())])
+                .expect("every request is answered");
+            slowest = slowest.max(t.elapsed());
+            r
+        })
+        .collect();
+    (answers, slowest)
 }
 
 pub fn count(v: &[u16], status: u16) -> usize {
