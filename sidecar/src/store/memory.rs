@@ -302,17 +302,6 @@ impl MemoryStore {
                 self.note_full("counters", made.map_err(|_| ()), now);
             }
         }
-        let granted = match mode {
-            Mode::Check => d.granted,
-            Mode::Record => cost,
-        };
-        Applied {
-            granted,
-            limit: d.limit,
-            remaining: d.remaining,
-            reset_ms: d.reset_ns.div_ceil(NS_PER_MS),
-            retry_after_ms: d.retry_after_ns.div_ceil(NS_PER_MS),
-            ..Applied::default()
-        }
+        Applied::decided(d, cost, mode)
     }
 }

@@ -2,12 +2,17 @@
 //! memory store (one sidecar) or Redis (single node or Cluster, shared by many
 //! sidecars). The same test suite runs against every store.
 
+mod clock;
 pub mod connection;
+mod expiries;
+mod layout;
 pub mod memory;
+mod pipelined;
 pub mod redis;
 #[cfg(test)]
 mod tests;
 
+use rampart::algorithms::Decision;
 use rampart::wire::{Distinct, Rule};
 
 /// A key's standing apart from its counter.
@@ -37,6 +42,24 @@ pub struct Applied {
     pub state: KeyState,
     /// Distinct clients seen for the key in the current window (0 when not tracked).
     pub distinct: u64,
+}
+
+impl Applied {
+    /// What the algorithm decided for a charge of `cost`, as a store answers it.
+    pub fn decided(d: Decision, cost: u64, mode: Mode) -> Applied {
+        const NS_PER_MS: u64 = 1_000_000;
+        Applied {
+            granted: match mode {
+                Mode::Check => d.granted,
+                Mode::Record => cost,
+            },
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_ms: d.reset_ns.div_ceil(NS_PER_MS),
+            retry_after_ms: d.retry_after_ns.div_ceil(NS_PER_MS),
+            ..Applied::default()
+        }
+    }
 }
 
 /// Client observations that ride along with a charge.

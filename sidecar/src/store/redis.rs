@@ -28,7 +28,7 @@
 //! the sidecar issues a batch's commands concurrently, which the connection pipelines.
 //! Failovers (Cluster, Sentinel) are followed by `connection::Supervised`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
@@ -38,37 +38,47 @@ use redis::{RedisError, Script, Value};
 
 use rampart::wire::Rule;
 
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+
+use super::clock::RedisClock;
 use super::connection::{slot_of, Conn, Supervised, Target};
+use super::expiries::Expiries;
+use super::layout::{self, WindowHash};
+use super::pipelined::{self, Filed, Plan};
 use super::{Applied, Call, KeyInfo, KeyState, Mode, StoreError};
 use crate::metrics::METRICS;
 
-/// Every counter update: one script call charges a batch of counters, each checked for
-/// revocation and blocks, charged with its own algorithm, and its distinct clients
-/// counted, under one `TIME` (Redis's clock for all sidecars). Each counter runs under
-/// `pcall`: one that fails (a key of the wrong type, or one another Cluster node owns)
-/// answers its own error and its neighbours go on.
+/// Every counter update the sidecar cannot send as plain commands: one script call
+/// charges a batch of counters, each checked for revocation and blocks, charged with its
+/// own algorithm, and its distinct clients counted, under one `TIME` (Redis's clock for
+/// all sidecars). Each counter runs under `pcall`: one that fails (a key of the wrong
+/// type, or one another Cluster node owns) answers its own error and its neighbours go
+/// on.
 ///
 /// Redis calls made from Lua cost about a microsecond each, far more than the Lua around
 /// them, so the script makes as few as it can: one `EXISTS` for every guard of the
-/// batch; window counters are plain integers, one key per window, so a counter's first
-/// hit in a window is a single `SET NX PX` (it creates the count with its expiry) and a
-/// later one a single `INCRBY`. A check that does not fit takes back what it added
-/// (`DECRBY`); sliding windows also read the previous window (`GET`).
+/// batch (on a Cluster node, one per counter); a window count is one `HINCRBY` on its window hash (`layout`), plus that
+/// hash's `PEXPIRE NX` when the sidecar has not sent it yet (or named another window
+/// than Redis's clock does). A check that does not fit takes back what it added;
+/// sliding windows also read the previous window (`HGET`).
 ///
-/// Keys are built in the script from each counter's hash tag, not declared: on Redis
-/// Cluster the script carries `allow-cross-slot-keys` and is sent to the node that owns
-/// every counter of the batch (KEYS[1], the first counter, routes it); declared keys
-/// would have to share one slot.
+/// Keys are built in the script, not declared: on Redis Cluster the script carries
+/// `allow-cross-slot-keys` and is sent to the node that owns every counter of the batch
+/// (KEYS[1], the first counter, routes it); declared keys would have to share one slot.
 ///
-/// ARGV: the number of counters, then for each: tag, algorithm name, limit, window_ms,
-/// burst, cost, record (1 = add all, past the limit), and the number of distinct-client
-/// arguments that follow (0, or 4 + the client hashes: limit, window_ms, block (1) or
-/// flag, cooldown_ms, hashes...). Returns seven entries per counter, flat: granted,
-/// limit, remaining, reset_ms, retry_ms, state (0 ok, 1 revoked, 2 blocked, 3 flagged)
-/// and distinct clients; or the string "ERR <message>" and six zeros.
+/// ARGV: the number of counters, the sidecar's estimate of Redis's time (µs; 0 when it
+/// has none), then for each counter: its name, its key (window hashes' prefix, or the
+/// token bucket's key), algorithm name, limit, window_ms, burst, cost, flags (1: record,
+/// add all past the limit; 2: give the window hash its expiry) and the number of
+/// distinct-client arguments that follow (0, or 4 + the client hashes: limit,
+/// window_ms, block (1) or flag, cooldown_ms, hashes...). Returns seven entries per
+/// counter, flat: granted, limit, remaining, reset_ms, retry_ms, state (0 ok, 1 revoked,
+/// 2 blocked, 3 flagged) and distinct clients, or the string "ERR <message>" and six
+/// zeros; then Redis's time (µs).
 const BATCH: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local guessed = tonumber(ARGV[2])
 
 local function grant(capacity, cost, record)
   if record then return cost end
@@ -76,40 +86,48 @@ local function grant(capacity, cost, record)
   return cost
 end
 
--- Adds `cost` to a window's count, creating it with its expiry (ms) on the first hit:
--- one call either way. Returns the count before.
-local function add(key, cost, expire_ms)
-  if redis.call('SET', key, cost, 'PX', expire_ms, 'NX') then return 0 end
-  return redis.call('INCRBY', key, cost) - cost
+-- The expiry (ms) a window hash of window `win` needs to last `keep` µs more, or nil
+-- when the sidecar has given it already (and named the same window).
+local function expiry(asked, win, w, keep)
+  if asked or math.floor(guessed / w) ~= win then return math.ceil(keep / 1000) + 1000 end
+  return nil
 end
 
--- Fixed window: the count of window `win` in `<prefix><win>`.
-local function fixed(prefix, limit, w, burst, cost, record)
+-- Adds `cost` to counter `field` of window hash `h`, giving the hash its expiry when
+-- asked. Returns the count before.
+local function add(h, field, cost, expire_ms)
+  local after = redis.call('HINCRBY', h, field, cost)
+  if expire_ms then redis.call('PEXPIRE', h, expire_ms, 'NX') end
+  return after - cost
+end
+
+-- Fixed window: the count of window `win` in field `field` of hash `<prefix><win>`.
+local function fixed(field, prefix, limit, w, burst, cost, record, asked)
   local win = math.floor(now / w)
-  local key = prefix .. win
+  local h = prefix .. win
   local reset = (win + 1) * w - now
-  local before = add(key, cost, math.ceil(reset / 1000) + 1000)
+  local before = add(h, field, cost, expiry(asked, win, w, reset))
   local capacity = math.max(limit - before, 0)
   local g = grant(capacity, cost, record)
-  if g < cost then redis.call('DECRBY', key, cost - g) end
+  if g < cost then redis.call('HINCRBY', h, field, g - cost) end
   local retry = 0
   if capacity == 0 then retry = reset end
   return g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)
 end
 
 -- Sliding window: this window's count and the previous one's, weighted by how much of
--- it still overlaps the last `w`. A window's count lives until the next one has read it.
-local function sliding(prefix, limit, w, burst, cost, record)
+-- it still overlaps the last `w`. A window's hash lives until the next one has read it.
+local function sliding(field, prefix, limit, w, burst, cost, record, asked)
   local win = math.floor(now / w)
-  local key = prefix .. win
+  local h = prefix .. win
   local elapsed = now - win * w
   local reset = w - elapsed
-  local prev = tonumber(redis.call('GET', prefix .. (win - 1))) or 0
-  local cur = add(key, cost, math.ceil((reset + w) / 1000) + 1000)
+  local prev = tonumber(redis.call('HGET', prefix .. (win - 1), field)) or 0
+  local cur = add(h, field, cost, expiry(asked, win, w, reset + w))
   local est = prev * (w - elapsed) / w + cur
   local capacity = math.max(math.floor(limit - est + 1e-9), 0)
   local g = grant(capacity, cost, record)
-  if g < cost then redis.call('DECRBY', key, cost - g) end
+  if g < cost then redis.call('HINCRBY', h, field, g - cost) end
   local retry = 0
   if capacity == 0 then
     if cur >= limit then
@@ -121,29 +139,24 @@ local function sliding(prefix, limit, w, burst, cost, record)
   return g, limit, math.max(capacity - g, 0), math.ceil(reset / 1000), math.ceil(retry / 1000)
 end
 
--- Token bucket (GCRA): `<prefix>` holds the theoretical arrival time in microseconds.
-local function gcra(prefix, limit, w, burst, cost, record)
+-- Token bucket (GCRA): key `k` holds the theoretical arrival time in microseconds.
+local function gcra(field, k, limit, w, burst, cost, record)
   local t_each = math.max(math.floor(w / limit), 1)
   local tolerance = t_each * burst
-  local tat = math.max(tonumber(redis.call('GET', prefix)) or 0, now)
+  local tat = math.max(tonumber(redis.call('GET', k)) or 0, now)
   local capacity = 0
   if tat + t_each - now <= tolerance then capacity = math.floor((tolerance - (tat - now)) / t_each) end
   local g = grant(capacity, cost, record)
   local new_tat = tat + t_each * g
   if g > 0 then
-    redis.call('SET', prefix, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+    redis.call('SET', k, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
   end
   local retry = 0
   if capacity == 0 then retry = math.max(tat + t_each - tolerance - now, 0) end
   return g, burst, math.max(capacity - g, 0), math.ceil((new_tat - now) / 1000), math.ceil(retry / 1000)
 end
 
--- Each algorithm, and the counter's key (or its windows' common prefix).
-local algorithms = {
-  fixed_window = {fixed, function(alg, ms, tag) return 'rampart:v2:' .. alg .. ':' .. ms .. ':' .. tag .. ':' end},
-  sliding_window = {sliding, function(alg, ms, tag) return 'rampart:v2:' .. alg .. ':' .. ms .. ':' .. tag .. ':' end},
-  token_bucket = {gcra, function(alg, ms, tag) return 'rampart:v1:' .. alg .. ':' .. ms .. ':' .. tag end},
-}
+local algorithms = {fixed_window = fixed, sliding_window = sliding, token_bucket = gcra}
 
 -- Whether any counter of the batch has a revocation or a block (decided below).
 local guarded = false
@@ -151,23 +164,25 @@ local guarded = false
 -- One counter: its seven answers as values (tables would cost Redis more than the
 -- counting itself).
 local function one(a)
-  local tag = '{' .. ARGV[a] .. '}'
-  local limit = tonumber(ARGV[a + 2])
-  if guarded then
+  local field = ARGV[a]
+  local tag = '{' .. field .. '}'
+  local limit = tonumber(ARGV[a + 3])
+  if guarded and redis.call('EXISTS', 'rampart:v1:revoked:' .. tag, 'rampart:v1:blocked:' .. tag) > 0 then
     if redis.call('EXISTS', 'rampart:v1:revoked:' .. tag) == 1 then return 0, limit, 0, 0, 0, 1, 0 end
     local left = redis.call('PTTL', 'rampart:v1:blocked:' .. tag)
     if left > 0 then return 0, limit, 0, 0, left, 2, 0 end
   end
-  local alg = algorithms[ARGV[a + 1]]
-  if not alg then error('unknown algorithm ' .. ARGV[a + 1]) end
-  local key = alg[2](ARGV[a + 1], ARGV[a + 3], tag)
-  local g, lim, rem, reset, retry = alg[1](key, limit, tonumber(ARGV[a + 3]) * 1000, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6] == '1')
+  local alg = algorithms[ARGV[a + 2]]
+  if not alg then error('unknown algorithm ' .. ARGV[a + 2]) end
+  local flags = tonumber(ARGV[a + 7])
+  local g, lim, rem, reset, retry = alg(field, ARGV[a + 1], limit, tonumber(ARGV[a + 4]) * 1000,
+    tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), flags % 2 == 1, flags >= 2)
   local state, seen = 0, 0
-  local extra = tonumber(ARGV[a + 7])
+  local extra = tonumber(ARGV[a + 8])
   if extra > 4 then
-    local dlimit, dwin, block, cooldown = tonumber(ARGV[a + 8]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
+    local dlimit, dwin, block, cooldown = tonumber(ARGV[a + 9]), ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
     local clients = 'rampart:v1:clients:' .. tag
-    redis.call('PFADD', clients, unpack(ARGV, a + 12, a + 7 + extra))
+    redis.call('PFADD', clients, unpack(ARGV, a + 13, a + 8 + extra))
     if redis.call('PTTL', clients) < 0 then redis.call('PEXPIRE', clients, dwin) end
     seen = redis.call('PFCOUNT', clients)
     if seen > dlimit then
@@ -184,14 +199,15 @@ end
 
 local n = tonumber(ARGV[1])
 local guards = {}
-local a = 2
+local a = 3
 for i = 1, n do
   local tag = '{' .. ARGV[a] .. '}'
   guards[#guards + 1] = 'rampart:v1:revoked:' .. tag
   guards[#guards + 1] = 'rampart:v1:blocked:' .. tag
-  a = a + 8 + tonumber(ARGV[a + 7])
+  a = a + 9 + tonumber(ARGV[a + 8])
 end
--- A key another node owns fails this call; then each counter checks its own.
+-- On a Cluster node keys of many slots fail this call (allow-cross-slot-keys or not);
+-- then each counter checks its own two, which share its slot.
 local ok, found = pcall(redis.call, 'EXISTS', unpack(guards))
 guarded = not ok or found > 0
 
@@ -199,7 +215,7 @@ guarded = not ok or found > 0
 -- each to build and convert.
 local out = {}
 local o = 0
-a = 2
+a = 3
 for i = 1, n do
   local ok, r1, r2, r3, r4, r5, r6, r7 = pcall(one, a)
   if ok then
@@ -209,8 +225,9 @@ for i = 1, n do
     out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = 'ERR ' .. tostring(r1), 0, 0, 0, 0, 0, 0
   end
   o = o + 7
-  a = a + 8 + tonumber(ARGV[a + 7])
+  a = a + 9 + tonumber(ARGV[a + 8])
 end
+out[o + 1] = now
 return out
 "#;
 
@@ -250,8 +267,15 @@ pub struct RedisStore {
     topology: Topology,
     /// The batch script; on Cluster with `allow-cross-slot-keys` (Redis 7.0 and later).
     script: Script,
+    /// The guard script of pipelined reports, likewise.
+    guards: String,
     timeout: Duration,
+    clock: Arc<RedisClock>,
+    expiries: Expiries,
 }
+
+/// How often Redis's clock is sampled.
+const CLOCK_EVERY: Duration = Duration::from_secs(1);
 
 /// Which Redis errors are worth retrying (and let `failure_mode` decide, not a bug).
 pub fn classify(e: &RedisError) -> StoreError {
@@ -310,6 +334,28 @@ fn applied(v: &[Value]) -> Result<Applied, StoreError> {
     })
 }
 
+/// Samples Redis's clock every `CLOCK_EVERY` while the store lives.
+async fn sample_clock(conn: Weak<Supervised>, clock: Arc<RedisClock>) {
+    let mut every = tokio::time::interval(CLOCK_EVERY);
+    loop {
+        every.tick().await;
+        let Some(conn) = conn.upgrade() else { return };
+        let time = redis::cmd("TIME");
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(CLOCK_EVERY, async {
+            match conn.conn() {
+                Conn::Single(mut c) => time.query_async::<(u64, u64)>(&mut c).await,
+                Conn::Cluster(mut c) => time.query_async::<(u64, u64)>(&mut c).await,
+            }
+        })
+        .await;
+        match answer {
+            Ok(Ok((secs, micros))) => clock.observe(secs * 1_000_000 + micros, sent, Instant::now()),
+            _ => clock.forget(),
+        }
+    }
+}
+
 fn timeout_error(after: Duration) -> StoreError {
     StoreError {
         transient: true,
@@ -322,16 +368,21 @@ impl RedisStore {
     /// nothing answers.
     pub async fn connect(target: Target, timeout: Duration) -> Result<RedisStore, StoreError> {
         let topology = Topology::of(&target);
-        let script = match topology {
-            Topology::Cluster => Script::new(&format!("#!lua flags=allow-cross-slot-keys\n{BATCH}")),
-            _ => Script::new(BATCH),
+        let flagged = |lua: &str| match topology {
+            Topology::Cluster => format!("#!lua flags=allow-cross-slot-keys\n{lua}"),
+            _ => lua.to_string(),
         };
         let conn = Supervised::connect(target, timeout).await?;
+        let clock = Arc::new(RedisClock::default());
+        tokio::spawn(sample_clock(Arc::downgrade(&conn), Arc::clone(&clock)));
         Ok(RedisStore {
             conn,
             topology,
-            script,
+            script: Script::new(&flagged(BATCH)),
+            guards: flagged(pipelined::GUARDS),
             timeout,
+            clock,
+            expiries: Expiries::default(),
         })
     }
 
@@ -339,63 +390,74 @@ impl RedisStore {
         self.topology.name()
     }
 
+    /// Whether reports go pipelined now (Redis's clock is known).
+    #[cfg(test)]
+    pub fn pipelines(&self) -> bool {
+        self.clock.now_us().is_some()
+    }
+
     /// What is connected now (for `/healthz`).
     pub fn describe(&self) -> String {
         self.conn.describe()
     }
 
-    /// A failed call: transient errors may mean the topology moved.
+    /// A failed call: transient errors may mean the topology moved, and a promoted
+    /// replica may lack expiries its master was given.
     fn failed(&self, e: StoreError) -> StoreError {
         if e.transient {
             self.conn.nudge();
+            self.expiries.forget();
         }
         e
     }
 
-    /// A counter's key; for window counters, the prefix of its windows' keys (these
-    /// share the hash tag, so either routes a call to the counter's node).
+    /// A counter's key (`layout`): for window counters the prefix of its window hashes,
+    /// which share the slot of the counter's name, so either routes a call to its node.
     pub fn key(key: &str, rule: &Rule) -> String {
-        let (version, window) = match rule {
-            Rule::TokenBucket { .. } => ("v1", ""),
-            _ => ("v2", ":"),
-        };
-        format!(
-            "rampart:{version}:{}:{}:{{{key}}}{window}",
-            rule.algorithm().name(),
-            rule.window_ms()
-        )
+        layout::counter_key(key, rule)
     }
 
     fn guard_key(kind: &str, key: &str) -> String {
         format!("rampart:v1:{kind}:{{{key}}}")
     }
 
-    /// Charges every call, in as few script calls as the topology allows: one per
-    /// `MAX_PER_CALL` counters on one Redis; per node (grouped by the slot map) on a
-    /// Cluster. Results come back in the calls' order.
+    /// Charges every call, in as few round trips as the topology allows: per node (one
+    /// Redis, or grouped by the slot map on a Cluster), reports on window counters go as
+    /// one pipeline of plain commands (`pipelined`) and everything else as script calls
+    /// of up to `MAX_PER_CALL` counters. Results come back in the calls' order.
     pub async fn apply_many(&self, calls: &[Call<'_>]) -> Vec<Result<Applied, StoreError>> {
         let mut results: Vec<Option<Result<Applied, StoreError>>> = vec![None; calls.len()];
+        let now_us = self.clock.now_us();
         // Indexes of calls, grouped by the node believed to own them.
         let mut groups: Vec<Vec<usize>> = Vec::new();
         if self.topology == Topology::Cluster {
-            let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+            let mut by_node: HashMap<Option<String>, Vec<usize>> = HashMap::new();
             for (i, c) in calls.iter().enumerate() {
-                let node = self.conn.owner_of(slot_of(c.key)).unwrap_or_default();
-                by_node.entry(node).or_default().push(i);
+                by_node.entry(self.conn.owner_of(slot_of(c.key))).or_default().push(i);
             }
             groups.extend(by_node.into_values());
         } else {
             groups.push((0..calls.len()).collect());
         }
-        let chunks: Vec<Vec<usize>> = groups
-            .iter()
-            .flat_map(|g| g.chunks(MAX_PER_CALL).map(<[usize]>::to_vec))
-            .collect();
-        let answers = join_all(chunks.iter().map(|chunk| self.invoke(calls, chunk))).await;
+        let mut scripted: Vec<Vec<usize>> = Vec::new();
+        let mut piped: Vec<Vec<usize>> = Vec::new();
+        for group in groups {
+            // Pipelines name windows by Redis's time: they wait for the first sample.
+            let (plain, other): (Vec<usize>, Vec<usize>) = group
+                .into_iter()
+                .partition(|&i| now_us.is_some() && pipelined::eligible(&calls[i]));
+            scripted.extend(other.chunks(MAX_PER_CALL).map(<[usize]>::to_vec));
+            piped.extend(plain.chunks(MAX_PER_CALL).map(<[usize]>::to_vec));
+        }
+        let now_us = now_us.unwrap_or(0);
+        let (by_script, by_pipe) = tokio::join!(
+            join_all(scripted.iter().map(|chunk| self.invoke(calls, chunk))),
+            join_all(piped.iter().map(|chunk| self.file(calls, chunk, now_us)))
+        );
         // Counters another node owned (the map moved under us): each alone, routed by
         // its own key, which the cluster client redirects.
         let mut alone = Vec::new();
-        for (chunk, answer) in chunks.iter().zip(answers) {
+        for (chunk, answer) in scripted.iter().zip(by_script) {
             match answer {
                 Err(e) => {
                     for &i in chunk {
@@ -407,6 +469,23 @@ impl RedisStore {
                         match r {
                             Err(e) if chunk.len() > 1 && e.message.contains("non local key") => alone.push(i),
                             other => results[i] = Some(other),
+                        }
+                    }
+                }
+            }
+        }
+        for (chunk, answer) in piped.iter().zip(by_pipe) {
+            match answer {
+                Err(e) => {
+                    for &i in chunk {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+                Ok(filed) => {
+                    for (&i, f) in chunk.iter().zip(filed) {
+                        match f {
+                            Filed::Moved => alone.push(i),
+                            Filed::Done(r) => results[i] = Some(r),
                         }
                     }
                 }
@@ -437,6 +516,36 @@ impl RedisStore {
         out
     }
 
+    /// Sends `chunk` (reports on window counters, all on one node) as one pipeline
+    /// filed at Redis time `now_us`; an outcome per counter, or the pipeline's own failure.
+    async fn file(&self, calls: &[Call<'_>], chunk: &[usize], now_us: u64) -> Result<Vec<Filed>, StoreError> {
+        let (pipe, plan) = Plan::new(calls, chunk, now_us, &self.guards, &self.expiries);
+        let commands = plan.commands();
+        let started = Instant::now();
+        let call = async {
+            match self.conn.conn() {
+                Conn::Single(mut c) => pipe.query_async::<Vec<Value>>(&mut c).await,
+                Conn::Cluster(mut c) => {
+                    // To the master of the first counter's slot: the node of them all.
+                    let slot = chunk.first().map_or(0, |&i| slot_of(calls[i].key));
+                    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                    c.route_pipeline(pipe, 0, commands, route).await
+                }
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, call).await;
+        METRICS.redis_latency.observe(started.elapsed().as_secs_f64());
+        let replies = match result {
+            Err(_) => return Err(self.failed(timeout_error(self.timeout))),
+            Ok(Err(e)) => return Err(self.failed(classify(&e))),
+            Ok(Ok(v)) => v,
+        };
+        if replies.len() != commands {
+            return Err(malformed(&format!("{} replies to {commands} commands", replies.len())));
+        }
+        Ok(plan.read(calls, &replies, &self.expiries))
+    }
+
     /// One script call for `chunk` (indexes into `calls`, all on one node); an answer
     /// per counter, or the call's own failure.
     async fn invoke(
@@ -449,16 +558,33 @@ impl RedisStore {
         };
         // KEYS[1] routes the call (Cluster) to the node owning the first counter.
         let mut inv = self.script.key(Self::key(calls[first].key, &calls[first].rule));
-        inv.arg(chunk.len());
-        for &i in chunk {
+        // Without an estimate of Redis's time, every window hash is given its expiry.
+        let guessed = self.clock.now_us();
+        inv.arg(chunk.len()).arg(guessed.unwrap_or(0));
+        // Which window hashes the sidecar has given their expiry already.
+        let asked: Vec<bool> = match guessed {
+            None => vec![true; chunk.len()],
+            Some(now) => self.expiries.needed(
+                chunk.iter().map(|&i| {
+                    let c = &calls[i];
+                    WindowHash::of(c.key, &c.rule, now / (c.rule.window_ms().max(1) * 1000))
+                }),
+                now,
+            ),
+        };
+        for (&i, asked) in chunk.iter().zip(asked) {
             let c = &calls[i];
+            let key = Self::key(c.key, &c.rule);
+            let asked = asked && layout::windowed(&c.rule);
+            let flags = u8::from(c.mode == Mode::Record) + 2 * u8::from(asked);
             inv.arg(c.key)
+                .arg(&key)
                 .arg(c.rule.algorithm().name())
                 .arg(c.rule.limit())
                 .arg(c.rule.window_ms())
                 .arg(c.rule.burst())
                 .arg(c.cost)
-                .arg(u8::from(c.mode == Mode::Record));
+                .arg(flags);
             match c.seen.distinct.filter(|_| !c.seen.clients.is_empty()) {
                 None => {
                     inv.arg(0);
@@ -484,19 +610,42 @@ impl RedisStore {
         };
         let result = tokio::time::timeout(self.timeout, call).await;
         METRICS.redis_latency.observe(started.elapsed().as_secs_f64());
-        let values = match result {
+        let mut values = match result {
             Err(_) => return Err(self.failed(timeout_error(self.timeout))),
             Ok(Err(e)) => return Err(self.failed(classify(&e))),
             Ok(Ok(v)) => v,
         };
-        if values.len() != 7 * chunk.len() {
-            return Err(malformed(&format!(
-                "{} values for {} counters",
-                values.len(),
-                chunk.len()
-            )));
-        }
-        Ok(values.chunks(7).map(applied).collect())
+        let now = match values.pop() {
+            Some(Value::Int(now)) if values.len() == 7 * chunk.len() => now.max(0) as u64,
+            _ => {
+                return Err(malformed(&format!(
+                    "{} values for {} counters",
+                    values.len() + 1,
+                    chunk.len()
+                )))
+            }
+        };
+        let answers: Vec<Result<Applied, StoreError>> = values.chunks(7).map(applied).collect();
+        // Every window hash a counter was charged in has its expiry now: the script gave
+        // it (asked, or named another window than the sidecar), or the sidecar had.
+        // Revoked and blocked counters were not charged.
+        let expired: Vec<(WindowHash, u64)> = chunk
+            .iter()
+            .zip(&answers)
+            .filter(|(&i, a)| {
+                layout::windowed(&calls[i].rule)
+                    && a.as_ref()
+                        .is_ok_and(|a| !matches!(a.state, KeyState::Revoked | KeyState::Blocked))
+            })
+            .map(|(&i, _)| {
+                let c = &calls[i];
+                let win = now / (c.rule.window_ms().max(1) * 1000);
+                let until = now + layout::hash_ttl_ms(&c.rule, win, now) * 1000;
+                (WindowHash::of(c.key, &c.rule, win), until)
+            })
+            .collect();
+        self.expiries.sent(expired, now);
+        Ok(answers)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {

@@ -89,6 +89,48 @@ async fn suite(store: &Store, tag: &str) {
     }
     guards(store, tag).await;
     batches(store, tag).await;
+    reports(store, tag).await;
+}
+
+/// Reports (pipelined on Redis) and checks share each counter; a revoked key's report
+/// says so.
+async fn reports(store: &Store, tag: &str) {
+    let names: Vec<String> = (0..200).map(|i| format!("{tag}-report-{i}")).collect();
+    for rule in [rules()[0], rules()[1]] {
+        let calls: Vec<Call<'_>> = names.iter().map(|n| call(n, rule, 3, Mode::Record)).collect();
+        let results = store.apply_many(&calls).await;
+        for (n, r) in names.iter().zip(&results) {
+            let a = r.as_ref().unwrap_or_else(|e| panic!("{n}: {e}"));
+            assert_eq!((a.granted, a.remaining, a.state), (3, 2, KeyState::Ok), "{n} {rule:?}");
+            assert!(a.reset_ms > 0 && a.reset_ms <= 3_600_000, "{a:?}");
+        }
+        for (round, recorded) in [(2, 6), (3, 9)] {
+            for (n, r) in names.iter().zip(store.apply_many(&calls).await) {
+                let a = r.unwrap_or_else(|e| panic!("{n}: {e}"));
+                assert_eq!((a.granted, a.remaining), (3, 0), "{n}: {recorded} of 5 recorded");
+                // Full before this report (round 3): a retry-after.
+                assert_eq!(a.retry_after_ms > 0, round == 3, "{n} round {round}: {a:?}");
+            }
+        }
+        // A check sees what was reported: full.
+        let checks: Vec<Call<'_>> = names.iter().map(|n| call(n, rule, 1, Mode::Check)).collect();
+        for (n, r) in names.iter().zip(store.apply_many(&checks).await) {
+            assert_eq!(r.map(|a| a.granted), Ok(0), "{n}: reported full");
+        }
+    }
+    let revoked = format!("{tag}-report-revoked");
+    store.revoke(&revoked, "stolen").await.expect("revoke");
+    let calls = [
+        call(&names[0], rules()[0], 1, Mode::Record),
+        call(&revoked, rules()[0], 1, Mode::Record),
+    ];
+    let results = store.apply_many(&calls).await;
+    assert_eq!(
+        results[1].as_ref().map(|a| a.state),
+        Ok(KeyState::Revoked),
+        "{results:?}"
+    );
+    assert_eq!(results[0].as_ref().map(|a| a.state), Ok(KeyState::Ok), "{results:?}");
 }
 
 fn call<'a>(key: &'a str, rule: Rule, cost: u64, mode: Mode) -> Call<'a> {
@@ -302,28 +344,38 @@ fn a_full_memory_store_does_the_same_work_per_insert_whatever_its_size() {
     }
 }
 
+/// A connected store, once it knows Redis's clock (so reports go pipelined).
+async fn ready(target: Target, timeout: Duration) -> Store {
+    let store = RedisStore::connect(target, timeout).await.expect("connect");
+    for _ in 0..100 {
+        if store.pipelines() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.pipelines(), "Redis's clock sampled within 2 s");
+    Store::Redis(store)
+}
+
 async fn single(redis: &RedisNode, timeout: Duration) -> Store {
-    Store::Redis(
-        RedisStore::connect(Target::Single(redis.url()), timeout)
-            .await
-            .expect("connect"),
-    )
+    ready(Target::Single(redis.url()), timeout).await
 }
 
 async fn clustered(cluster: &RedisCluster) -> Store {
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
-    Store::Redis(
-        RedisStore::connect(Target::Cluster(urls), TIMEOUT)
-            .await
-            .expect("connect"),
-    )
+    ready(Target::Cluster(urls), TIMEOUT).await
 }
 
 /// Script calls a Redis node has run so far (`INFO commandstats`), not counting those
 /// refused (NOSCRIPT before the client loads the script).
 fn script_calls(port: u16) -> u64 {
+    command_calls(port, "evalsha")
+}
+
+/// Calls of `command` a Redis node has run so far, not counting refused or failed ones.
+fn command_calls(port: u16, command: &str) -> u64 {
     let stats = rampart_test_harness::redis::command(port, "INFO commandstats").unwrap_or_default();
-    let Some(line) = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
+    let Some(line) = stats.lines().find(|l| l.starts_with(&format!("cmdstat_{command}:"))) else {
         return 0;
     };
     let field = |name: &str| -> u64 {
@@ -346,7 +398,7 @@ fn redis_store() {
     let keys = rampart_test_harness::redis::command(redis.port, "KEYS rampart:*").unwrap();
     let counters: Vec<&str> = keys
         .lines()
-        .filter(|l| l.starts_with("rampart:v2:") || l.starts_with("rampart:v1:token_bucket:"))
+        .filter(|l| l.starts_with("rampart:v3:") || l.starts_with("rampart:v1:token_bucket:"))
         .collect();
     assert!(counters.len() > 100, "{keys}");
     for key in counters {
@@ -408,6 +460,29 @@ async fn bad_counter_fails_alone(store: &Store, port: u16, tag: &str) {
     assert_eq!(results[2].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
     let err = results[1].as_ref().expect_err("the bad counter fails");
     assert!(!err.transient && err.message.contains("WRONGTYPE"), "{err}");
+
+    // The same for reports (pipelined): a window hash holding a string. Both this
+    // window's and the next are spoiled, so a window turning over mid-test changes nothing.
+    let fixed = rules()[0];
+    let spoiled = format!("{tag}-bad-report");
+    let time = rampart_test_harness::redis::command(port, "TIME").unwrap();
+    let secs: u64 = time.lines().nth(2).and_then(|l| l.trim().parse().ok()).expect("TIME");
+    let win = secs * 1_000_000 / (fixed.window_ms() * 1000);
+    for w in [win, win + 1] {
+        let key = format!("{}{w}", RedisStore::key(&spoiled, &fixed));
+        let reply = rampart_test_harness::redis::command(port, &format!("SET {key} spoiled")).unwrap();
+        assert!(reply.starts_with("+OK"), "{reply}");
+    }
+    let calls = [
+        call(&a, fixed, 1, Mode::Record),
+        call(&spoiled, fixed, 1, Mode::Record),
+        call(&b, fixed, 1, Mode::Record),
+    ];
+    let results = store.apply_many(&calls).await;
+    assert_eq!(results[0].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
+    assert_eq!(results[2].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
+    let err = results[1].as_ref().expect_err("the bad report fails");
+    assert!(!err.transient && err.message.contains("WRONGTYPE"), "{err}");
 }
 
 fn bad_key(name: &str) -> String {
@@ -420,6 +495,52 @@ fn redis_one_bad_counter_does_not_fail_its_neighbours() {
     rt().block_on(async {
         let store = single(&redis, TIMEOUT).await;
         bad_counter_fails_alone(&store, redis.port, "r").await;
+    });
+}
+
+/// 120 reports over many slots: one pipeline per master (one guard script each), no
+/// script call per counter; their window hashes expire.
+async fn reports_pipeline_per_node(store: &Store, ports: &[u16]) {
+    let names: Vec<String> = (0..120).map(|i| format!("piped-{i}")).collect();
+    let rule = rules()[0];
+    let calls: Vec<Call<'_>> = names.iter().map(|n| call(n, rule, 1, Mode::Record)).collect();
+    let count = |command: &str| -> u64 { ports.iter().map(|p| command_calls(*p, command)).sum() };
+    let before = (count("evalsha"), count("eval"), count("hincrby"));
+    let results = store.apply_many(&calls).await;
+    let after = (count("evalsha"), count("eval"), count("hincrby"));
+    assert!(
+        results.iter().all(|r| r.as_ref().is_ok_and(|a| a.granted == 1)),
+        "{results:?}"
+    );
+    assert_eq!(after.0 - before.0, 0, "no batch script for reports");
+    assert_eq!(after.1 - before.1, ports.len() as u64, "one guard script per node");
+    assert_eq!(after.2 - before.2, 120, "one HINCRBY per counter");
+    for p in ports {
+        let keys = rampart_test_harness::redis::command(*p, "KEYS rampart:v3:*").unwrap_or_default();
+        for key in keys.lines().filter(|l| l.starts_with("rampart:")) {
+            let ttl = rampart_test_harness::redis::command(*p, &format!("PTTL {key}")).unwrap();
+            let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        }
+    }
+}
+
+#[test]
+fn redis_reports_go_as_one_pipeline() {
+    let redis = RedisNode::start();
+    rt().block_on(async {
+        let store = single(&redis, TIMEOUT).await;
+        reports_pipeline_per_node(&store, &[redis.port]).await;
+    });
+}
+
+#[test]
+fn redis_cluster_reports_go_as_one_pipeline_per_node() {
+    let cluster = RedisCluster::start(3);
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    rt().block_on(async {
+        let store = clustered(&cluster).await;
+        reports_pipeline_per_node(&store, &ports).await;
     });
 }
 

@@ -73,11 +73,22 @@ fn wrk_script(port: u16, script: &Path, seconds: u64, connections: u64) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Commands each redis-benchmark run sends.
+const REDIS_BENCHMARK_OPS: u64 = 300_000;
+
 /// redis-benchmark ops/s from 16 connections: `INCR` plain, or a command pipelined 16
 /// deep over 10 million random keys.
 fn redis_benchmark(port: u16, pipelined: Option<&[&str]>) -> f64 {
     let mut cmd = Command::new("redis-benchmark");
-    cmd.args(["-p", &port.to_string(), "-n", "300000", "-c", "16", "-q"]);
+    cmd.args([
+        "-p",
+        &port.to_string(),
+        "-n",
+        &REDIS_BENCHMARK_OPS.to_string(),
+        "-c",
+        "16",
+        "-q",
+    ]);
     let label = match pipelined {
         None => {
             cmd.args(["-t", "incr"]);
@@ -143,14 +154,29 @@ const DISTINCT_CHECK: Load = Load {
     batched: true,
 };
 
+/// CPU seconds a Redis has used so far (user + system, from `INFO cpu`).
+fn redis_cpu(port: u16) -> f64 {
+    let info = rampart_test_harness::redis::command(port, "INFO cpu").unwrap_or_default();
+    ["used_cpu_user:", "used_cpu_sys:"]
+        .iter()
+        .filter_map(|f| info.lines().find_map(|l| l.strip_prefix(f)?.trim().parse::<f64>().ok()))
+        .sum()
+}
+
 /// The sidecar alone: hits/s per load, and the ratios to pipelined INCR that matter.
 /// Returns (label, ratio) pairs for the chart.
 pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<(String, f64)> {
     const CONNECTIONS: u64 = 16;
     let dir = TempDir::new("bench");
-    let hits_per_s = |load: &Load, port: u16| {
-        wrk_script(port, &load.script(&dir.0), seconds, CONNECTIONS) * (load.hits as u64 * load.cost) as f64
+    // Hits/s, and Redis CPU µs per hit (what the load costs Redis, apart from how much
+    // of these 2 cores the sidecar and wrk took meanwhile).
+    let run = |load: &Load, port: u16| -> (f64, f64) {
+        let cpu = redis_cpu(redis.port);
+        let rate = wrk_script(port, &load.script(&dir.0), seconds, CONNECTIONS) * (load.hits as u64 * load.cost) as f64;
+        let used = redis_cpu(redis.port) - cpu;
+        (rate, used * 1e6 / (rate * seconds as f64).max(1.0))
     };
+    let hits_per_s = |load: &Load, port: u16| run(load, port).0;
     let loads = [
         &HOT_CHECK,
         &HOT_CHECK20,
@@ -158,28 +184,34 @@ pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<
         &DISTINCT_REPORT,
         &DISTINCT_CHECK,
     ];
-    let measured: Vec<f64> = loads.iter().map(|l| hits_per_s(l, sidecar.port)).collect();
+    let (measured, cpu_per_hit): (Vec<f64>, Vec<f64>) = loads.iter().map(|l| run(l, sidecar.port)).unzip();
     let plain = redis_benchmark(redis.port, None);
+    let cpu = redis_cpu(redis.port);
     let pipelined = redis_benchmark(redis.port, Some(&["incr", "key:__rand_int__"]));
-    // What a distinct counter costs Redis at the least: a key created with its expiry.
-    let floor = redis_benchmark(redis.port, Some(&["set", "key:__rand_int__", "1", "px", "60000", "nx"]));
-    println!("\nsidecar alone (one Redis, wrk -c{CONNECTIONS}; hits/s):");
-    for (l, m) in loads.iter().zip(&measured) {
-        println!("  {:<46} {m:>12.0}", l.name);
+    let cpu_per_incr = (redis_cpu(redis.port) - cpu) * 1e6 / REDIS_BENCHMARK_OPS as f64;
+    // What a counter of its own key would cost Redis at the least: a key created with
+    // its expiry (fresh names: INCR above created the `key:` ones).
+    let floor = redis_benchmark(
+        redis.port,
+        Some(&["set", "fresh:__rand_int__", "1", "px", "60000", "nx"]),
+    );
+    println!("\nsidecar alone (one Redis, wrk -c{CONNECTIONS}; hits/s, and Redis CPU µs per hit):");
+    for ((l, m), c) in loads.iter().zip(&measured).zip(&cpu_per_hit) {
+        println!("  {:<46} {m:>12.0} {c:>8.2} µs", l.name);
     }
     println!("  {:<46} {plain:>12.0}", "redis-benchmark INCR -c 16");
     println!(
-        "  {:<46} {pipelined:>12.0}",
+        "  {:<46} {pipelined:>12.0} {cpu_per_incr:>8.2} µs",
         "redis-benchmark INCR -c 16 -P 16 -r 10000000"
     );
     println!("  {:<46} {floor:>12.0}", "redis-benchmark SET NX PX (same, fresh keys)");
     println!(
-        "ratio redis-benchmark SET NX PX          {:.3}x INCR pipelined: the most any counter that expires can reach",
+        "ratio redis-benchmark SET NX PX          {:.3}x INCR pipelined: the most a counter of its own key (with its expiry) can reach",
         floor / pipelined.max(1.0)
     );
     let ratio = |m: f64| m / pipelined.max(1.0);
     let mut chart = vec![(
-        "Redis alone: SET NX PX (a counter that expires) / pipelined INCR".to_string(),
+        "Redis alone: SET NX PX (a key of its own per counter) / pipelined INCR".to_string(),
         ratio(floor),
     )];
     for (i, label) in [
@@ -192,6 +224,18 @@ pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<
             ratio(measured[i])
         );
         chart.push((format!("sidecar {label} / pipelined INCR"), ratio(measured[i])));
+    }
+    // On these 2 cores the sidecar and wrk take CPU Redis would otherwise have; a Redis
+    // on a core of its own carries as many hits as its CPU per hit allows.
+    for (i, label) in [(3, "distinct reports"), (4, "distinct checks")] {
+        let capacity = cpu_per_incr / cpu_per_hit[i].max(1e-9);
+        println!(
+            "ratio Redis CPU per pipelined INCR / per {label:<17} {capacity:.3}x: what a Redis of its own core carries"
+        );
+        chart.push((
+            format!("Redis capacity: {label} (by Redis CPU per hit) / pipelined INCR"),
+            capacity,
+        ));
     }
 
     if std::env::var("BENCH_NO_CLUSTER").is_ok() {

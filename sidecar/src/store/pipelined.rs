@@ -1,0 +1,251 @@
+//! Reports on window counters as plain pipelined commands, without a script.
+//!
+//! A report adds hits another gateway already admitted: nothing is decided, so nothing
+//! needs a script's atomic read-then-write. Redis runs a plain `HINCRBY` at close to its
+//! own `INCR` speed, and the same from a script at half that (every call out of Lua
+//! costs). So a batch of reports for one node goes as one pipeline:
+//!
+//! 1. one small script reading every counter's revocation and block (one `EXISTS` for
+//!    all; each counter's only when any is set),
+//! 2. per counter `HINCRBY <window hash> <name> <cost>` (a sliding window first reads
+//!    the previous window's count, `HGET`),
+//! 3. `PEXPIRE <hash> <ms> NX` for each hash this sidecar has not yet given its expiry
+//!    (`Expiries`).
+//!
+//! Windows are named from `RedisClock`, Redis's time as tracked here; the answers are
+//! worked out by the same algorithms the filter and the memory store run. A revoked or
+//! blocked key's report is answered as such (its hits are counted all the same: they
+//! were admitted already, and the key is refused from now on anyway).
+//! Counters a pipeline could not charge because their slot moved (MOVED, ASK) are sent
+//! again through the script, which routes each by its own key.
+
+use redis::{Pipeline, Value};
+
+use rampart::algorithms::{self, Want};
+use rampart::wire::Rule;
+
+use super::expiries::Expiries;
+use super::layout::{self, WindowHash};
+use super::{Applied, Call, KeyState, Mode, StoreError};
+
+/// Guards of a batch of counters (ARGV: their names). Returns, flat, for each revoked or
+/// blocked one: its position (from 1), 1 (revoked) or 2 (blocked), and the block's ms left.
+pub const GUARDS: &str = r#"
+local keys = {}
+for i = 1, #ARGV do
+  keys[2 * i - 1] = 'rampart:v1:revoked:{' .. ARGV[i] .. '}'
+  keys[2 * i] = 'rampart:v1:blocked:{' .. ARGV[i] .. '}'
+end
+local out = {}
+if #keys == 0 then return out end
+-- One EXISTS for all; on a Cluster node, keys of many slots fail it (even with
+-- allow-cross-slot-keys), and each counter asks for its own two (one slot).
+local whole, found = pcall(redis.call, 'EXISTS', unpack(keys))
+if whole and found == 0 then return out end
+for i = 1, #ARGV do
+  if redis.call('EXISTS', keys[2 * i - 1], keys[2 * i]) > 0 then
+    if redis.call('EXISTS', keys[2 * i - 1]) == 1 then
+      out[#out + 1], out[#out + 2], out[#out + 3] = i, 1, 0
+    else
+      local left = redis.call('PTTL', keys[2 * i])
+      if left > 0 then out[#out + 1], out[#out + 2], out[#out + 3] = i, 2, left end
+    end
+  end
+end
+return out
+"#;
+
+/// Whether a call can go as plain commands: a report on a window counter that carries
+/// no distinct-client observation (those need the script's HyperLogLog and block).
+pub fn eligible(c: &Call<'_>) -> bool {
+    c.mode == Mode::Record && layout::windowed(&c.rule) && (c.seen.distinct.is_none() || c.seen.clients.is_empty())
+}
+
+/// One counter of a pipeline: where its replies are.
+struct Slot {
+    /// Index into the batch's calls.
+    call: usize,
+    /// The window it was filed in.
+    win: u64,
+    /// Reply positions: the previous window's count (sliding windows), the new count.
+    prev: Option<usize>,
+    incr: usize,
+}
+
+/// How to read the answer of a pipeline for one node.
+pub struct Plan {
+    slots: Vec<Slot>,
+    commands: usize,
+    /// Hashes given their expiry by this pipeline: which, until when (Redis µs), and
+    /// the reply saying it was done.
+    expiring: Vec<(WindowHash, u64, usize)>,
+    now_us: u64,
+}
+
+/// What became of one counter of a pipeline.
+pub enum Filed {
+    Done(Result<Applied, StoreError>),
+    /// Its slot lives elsewhere now: send it again, routed by its own key.
+    Moved,
+}
+
+impl Plan {
+    /// The pipeline for `chunk` (indexes into `calls`, all eligible, all on one node),
+    /// filed at Redis time `now_us`. `guards` is the guard script's text as this
+    /// topology needs it.
+    pub fn new(
+        calls: &[Call<'_>],
+        chunk: &[usize],
+        now_us: u64,
+        guards: &str,
+        expiries: &Expiries,
+    ) -> (Pipeline, Plan) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut check = redis::cmd("EVAL");
+        check.arg(guards).arg(0);
+        for &i in chunk {
+            check.arg(calls[i].key);
+        }
+        pipe.add_command(check);
+        let mut replies = 1;
+        let mut slots = Vec::with_capacity(chunk.len());
+        let mut expiring: Vec<(WindowHash, u64, usize)> = Vec::new();
+        let wins: Vec<u64> = chunk
+            .iter()
+            .map(|&i| now_us / (calls[i].rule.window_ms().max(1) * 1000))
+            .collect();
+        let which: Vec<WindowHash> = chunk
+            .iter()
+            .zip(&wins)
+            .map(|(&i, &win)| WindowHash::of(calls[i].key, &calls[i].rule, win))
+            .collect();
+        let needed = expiries.needed(which.iter().copied(), now_us);
+        for (((&i, &win), which), needed) in chunk.iter().zip(&wins).zip(which).zip(needed) {
+            let c = &calls[i];
+            let prefix = layout::counter_key(c.key, &c.rule);
+            let prev = matches!(c.rule, Rule::SlidingWindow { .. }).then(|| {
+                pipe.cmd("HGET")
+                    .arg(format!("{prefix}{}", win.wrapping_sub(1)))
+                    .arg(c.key);
+                replies += 1;
+                replies - 1
+            });
+            let hash = format!("{prefix}{win}");
+            pipe.cmd("HINCRBY").arg(&hash).arg(c.key).arg(c.cost);
+            let incr = replies;
+            replies += 1;
+            if needed && !expiring.iter().any(|(h, _, _)| *h == which) {
+                let ttl_ms = layout::hash_ttl_ms(&c.rule, win, now_us);
+                pipe.cmd("PEXPIRE").arg(&hash).arg(ttl_ms).arg("NX");
+                expiring.push((which, now_us + ttl_ms * 1000, replies));
+                replies += 1;
+            }
+            slots.push(Slot {
+                call: i,
+                win,
+                prev,
+                incr,
+            });
+        }
+        let plan = Plan {
+            slots,
+            commands: replies,
+            expiring,
+            now_us,
+        };
+        (pipe, plan)
+    }
+
+    /// Commands in the pipeline (each answers once).
+    pub fn commands(&self) -> usize {
+        self.commands
+    }
+
+    /// Reads the pipeline's replies: an outcome per counter, in `chunk` order. When the
+    /// guard script failed (a slot of the batch moved), the reports still counted and
+    /// are answered without guards: the next report sees a revocation.
+    pub fn read(self, calls: &[Call<'_>], replies: &[Value], expiries: &Expiries) -> Vec<Filed> {
+        let guards: &[Value] = match replies.first() {
+            Some(Value::Array(v)) => v,
+            _ => &[],
+        };
+        let mut states = vec![(KeyState::Ok, 0u64); self.slots.len()];
+        for g in guards.chunks(3) {
+            if let [Value::Int(pos), Value::Int(state), Value::Int(left)] = g {
+                if let Some(s) = usize::try_from(*pos - 1).ok().and_then(|p| states.get_mut(p)) {
+                    let kind = if *state == 1 {
+                        KeyState::Revoked
+                    } else {
+                        KeyState::Blocked
+                    };
+                    *s = (kind, (*left).max(0) as u64);
+                }
+            }
+        }
+        let done = self
+            .expiring
+            .into_iter()
+            .filter(|(_, _, reply)| matches!(replies.get(*reply), Some(Value::Int(_))))
+            .map(|(hash, until, _)| (hash, until));
+        expiries.sent(done, self.now_us);
+        let now_ns = self.now_us.saturating_mul(1000);
+        self.slots
+            .iter()
+            .zip(states)
+            .map(|(slot, (state, left))| {
+                let c = &calls[slot.call];
+                let count = |pos: usize| -> Result<u64, Value> {
+                    match replies.get(pos) {
+                        Some(Value::Int(n)) => Ok((*n).max(0) as u64),
+                        Some(Value::Nil) => Ok(0),
+                        Some(Value::BulkString(b)) => {
+                            Ok(std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0))
+                        }
+                        Some(other) => Err(other.clone()),
+                        None => Err(Value::Nil),
+                    }
+                };
+                let counts = match (slot.prev.map(count).transpose(), count(slot.incr)) {
+                    (Ok(prev), Ok(after)) => (prev.unwrap_or(0), after),
+                    (Err(e), _) | (_, Err(e)) => return failed(e),
+                };
+                if state != KeyState::Ok {
+                    return Filed::Done(Ok(Applied {
+                        limit: c.rule.limit(),
+                        retry_after_ms: left,
+                        state,
+                        ..Applied::default()
+                    }));
+                }
+                let (prev, after) = counts;
+                let before = after.saturating_sub(c.cost);
+                let (d, _) = algorithms::charge_fields(
+                    &c.rule.algorithm(),
+                    c.rule.limit(),
+                    c.rule.burst(),
+                    [slot.win, before, prev],
+                    now_ns,
+                    Want::Record(c.cost),
+                );
+                Filed::Done(Ok(Applied::decided(d, c.cost, Mode::Record)))
+            })
+            .collect()
+    }
+}
+
+/// A counter's command failed: moved slots are sent again; anything else is its own
+/// permanent error (a key of the wrong type).
+fn failed(reply: Value) -> Filed {
+    let message = match &reply {
+        Value::ServerError(e) => format!("{} {}", e.code(), e.details().unwrap_or_default()),
+        other => format!("unexpected reply {other:?}"),
+    };
+    if message.starts_with("MOVED") || message.starts_with("ASK") || message.starts_with("TRYAGAIN") {
+        return Filed::Moved;
+    }
+    Filed::Done(Err(StoreError {
+        transient: false,
+        message,
+    }))
+}
