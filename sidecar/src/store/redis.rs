@@ -1,21 +1,18 @@
 //! Redis store: one Redis, Redis Cluster or Redis behind Sentinel.
 //!
-//! One Lua script charges a whole batch of counters (`BATCH`): atomically per counter,
+//! Reports on window counters go as plain pipelined commands (`pipelined`); every other
+//! charge goes through one Lua script per batch (`BATCH`): atomically per counter,
 //! under Redis's own `TIME`, so every sidecar sharing a Redis uses one clock for window
 //! maths whatever the skew between their hosts. Lua instead of MULTI because each
 //! decision reads before it writes. On Redis Cluster a script may only touch keys of
 //! the node it runs on, so a batch is split by the node owning each counter's slot
 //! (from the slot map the connection follows); a counter whose slot moved meanwhile
-//! answers "non local key" and is retried alone, routed by its own key. Scripts run
-//! with EVALSHA (loaded on first NOSCRIPT).
+//! answers "non local key" (or MOVED, in a pipeline) and is retried alone, routed by
+//! its own key. Scripts run with EVALSHA (loaded on first NOSCRIPT).
 //!
-//! Key layout, where `<key>` is the filter's keyed hash (API keys never reach Redis in
-//! clear) and every key of one client key shares the hash tag `{<key>}`, so one script
-//! may touch them all, on one Cluster slot:
-//! - `rampart:v2:<fixed_window|sliding_window>:<window_ms>:{<key>}:<window number>` a
-//!   window's count, an integer (the rule is part of the name so a changed window starts
-//!   afresh); TTL: until it would read empty again (sliding: until the next window has
-//!   read it)
+//! Key layout: `layout` (window hashes shared by the counters of a slot) and, under
+//! each counter's own hash tag `{<key>}` (`<key>` is the filter's keyed hash: API keys
+//! never reach Redis in clear):
 //! - `rampart:v1:token_bucket:<window_ms>:{<key>}` a token bucket's theoretical arrival
 //!   time in microseconds; TTL: until the bucket is full again
 //! - `rampart:v1:revoked:{<key>}` revocation reason (no TTL: until restored)
@@ -25,7 +22,7 @@
 //! - `rampart:v1:index:<revoked|blocked|flagged>` sets of keys, for listing only.
 //!
 //! Concurrency: one multiplexed connection (per node, in Cluster) carries every command;
-//! the sidecar issues a batch's commands concurrently, which the connection pipelines.
+//! the sidecar issues a batch's calls concurrently, which the connection pipelines.
 //! Failovers (Cluster, Sentinel) are followed by `connection::Supervised`.
 
 use std::sync::{Arc, Weak};
