@@ -1,12 +1,17 @@
-//! Reports on window counters as plain pipelined commands, without a script.
+//! Window counters as plain pipelined commands, without a script.
 //!
-//! A report adds hits another gateway already admitted: nothing is decided, so nothing
-//! needs a script's atomic read-then-write. Redis runs a plain `HINCRBY` at close to its
-//! own `INCR` speed, and the same from a script at half that (every call out of Lua
-//! costs). So a batch of reports for one node goes as one pipeline:
+//! Redis runs a plain `HINCRBY` at close to its own `INCR` speed, and the same from a
+//! script at half that (every call out of Lua costs). A window counter needs nothing
+//! more: `HINCRBY` answers the count after the hit atomically, so hits on one counter
+//! are decided exactly in the order Redis receives them. A report (hits another gateway
+//! admitted already) just adds. A check that does not fit takes back what did not fit
+//! afterwards (`HINCRBY -n`, a second round trip only for such checks); until then the
+//! count reads higher than it is, but only ever past the limit (what fitted filled it
+//! exactly), so any check that sees the extra would have been refused anyway. A batch
+//! for one node goes as one pipeline:
 //!
 //! 1. one small script reading every counter's revocation and block (one `EXISTS` for
-//!    all; each counter's only when any is set),
+//!    all on one Redis, one per counter on a Cluster node; details only when set),
 //! 2. per counter `HINCRBY <window hash> <name> <cost>` (a sliding window first reads
 //!    the previous window's count, `HGET`),
 //! 3. `PEXPIRE <hash> <ms> NX` for each hash this sidecar has not yet given its expiry
@@ -14,10 +19,11 @@
 //!
 //! Windows are named from `RedisClock`, Redis's time as tracked here; the answers are
 //! worked out by the same algorithms the filter and the memory store run. A revoked or
-//! blocked key's report is answered as such (its hits are counted all the same: they
-//! were admitted already, and the key is refused from now on anyway).
-//! Counters a pipeline could not charge because their slot moved (MOVED, ASK) are sent
-//! again through the script, which routes each by its own key.
+//! blocked key's check is refused and takes nothing; its report is answered as such
+//! (its hits are counted all the same: they were admitted already, and the key is
+//! refused from now on anyway). Counters a pipeline could not charge because their slot
+//! moved (MOVED, ASK), and checks whose guards could not be read, are sent again
+//! through the script, which routes each by its own key.
 
 use redis::{Pipeline, Value};
 
@@ -55,18 +61,19 @@ end
 return out
 "#;
 
-/// Whether a call can go as plain commands: a report on a window counter that carries
-/// no distinct-client observation (those need the script's HyperLogLog and block).
+/// Whether a call can go as plain commands: a window counter that carries no
+/// distinct-client observation (those need the script's HyperLogLog and block).
 pub fn eligible(c: &Call<'_>) -> bool {
-    c.mode == Mode::Record && layout::windowed(&c.rule) && (c.seen.distinct.is_none() || c.seen.clients.is_empty())
+    layout::windowed(&c.rule) && (c.seen.distinct.is_none() || c.seen.clients.is_empty())
 }
 
 /// One counter of a pipeline: where its replies are.
 struct Slot {
     /// Index into the batch's calls.
     call: usize,
-    /// The window it was filed in.
+    /// The window it was filed in, and that window's hash.
     win: u64,
+    hash: String,
     /// Reply positions: the previous window's count (sliding windows), the new count.
     prev: Option<usize>,
     incr: usize,
@@ -91,23 +98,30 @@ pub enum Filed {
 
 impl Plan {
     /// The pipeline for `chunk` (indexes into `calls`, all eligible, all on one node),
-    /// filed at Redis time `now_us`. `guards` is the guard script's text as this
-    /// topology needs it.
+    /// filed at Redis time `now_us`. Its first command reads the guards: `guards`, the
+    /// guard script as this topology needs it, or on one Redis (`plain`) a plain
+    /// `EXISTS` of them all (cheaper than the script; the caller asks the script only
+    /// when it finds any, see `read`).
     pub fn new(
         calls: &[Call<'_>],
         chunk: &[usize],
         now_us: u64,
         guards: &str,
+        plain: bool,
         expiries: &Expiries,
     ) -> (Pipeline, Plan) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut check = redis::cmd("EVAL");
-        check.arg(guards).arg(0);
-        for &i in chunk {
-            check.arg(calls[i].key);
+        if plain {
+            let probe = pipe.cmd("EXISTS");
+            for &i in chunk {
+                probe
+                    .arg(format!("rampart:v1:revoked:{{{}}}", calls[i].key))
+                    .arg(format!("rampart:v1:blocked:{{{}}}", calls[i].key));
+            }
+        } else {
+            pipe.add_command(guard_script(calls, chunk, guards));
         }
-        pipe.add_command(check);
         let mut replies = 1;
         let mut slots = Vec::with_capacity(chunk.len());
         let mut expiring: Vec<(WindowHash, u64, usize)> = Vec::new();
@@ -144,6 +158,7 @@ impl Plan {
             slots.push(Slot {
                 call: i,
                 win,
+                hash,
                 prev,
                 incr,
             });
@@ -162,13 +177,22 @@ impl Plan {
         self.commands
     }
 
-    /// Reads the pipeline's replies: an outcome per counter, in `chunk` order. When the
-    /// guard script failed (a slot of the batch moved), the reports still counted and
-    /// are answered without guards: the next report sees a revocation.
-    pub fn read(self, calls: &[Call<'_>], replies: &[Value], expiries: &Expiries) -> Vec<Filed> {
-        let guards: &[Value] = match replies.first() {
-            Some(Value::Array(v)) => v,
-            _ => &[],
+    /// Reads the pipeline's replies, with the guard script's answer in `guards` (or, from
+    /// a plain `EXISTS` that found none, an empty array): an outcome per counter, in
+    /// `chunk` order, and what to take back (window hash, counter, amount: what checks
+    /// added but did not get). When the guards could not be read (a slot of the batch
+    /// moved), reports still counted and are answered without guards (the next report
+    /// sees a revocation); checks are taken back and sent again.
+    pub fn read(
+        self,
+        calls: &[Call<'_>],
+        replies: &[Value],
+        guards: &Value,
+        expiries: &Expiries,
+    ) -> (Vec<Filed>, Vec<(String, usize, u64)>) {
+        let (guards, guarded): (&[Value], bool) = match guards {
+            Value::Array(v) => (v, true),
+            _ => (&[], false),
         };
         let mut states = vec![(KeyState::Ok, 0u64); self.slots.len()];
         for g in guards.chunks(3) {
@@ -190,8 +214,10 @@ impl Plan {
             .map(|(hash, until, _)| (hash, until));
         expiries.sent(done, self.now_us);
         let now_ns = self.now_us.saturating_mul(1000);
-        self.slots
-            .iter()
+        let mut take_back = Vec::new();
+        let filed = self
+            .slots
+            .into_iter()
             .zip(states)
             .map(|(slot, (state, left))| {
                 let c = &calls[slot.call];
@@ -206,11 +232,20 @@ impl Plan {
                         None => Err(Value::Nil),
                     }
                 };
-                let counts = match (slot.prev.map(count).transpose(), count(slot.incr)) {
+                let (prev, after) = match (slot.prev.map(count).transpose(), count(slot.incr)) {
                     (Ok(prev), Ok(after)) => (prev.unwrap_or(0), after),
                     (Err(e), _) | (_, Err(e)) => return failed(e),
                 };
+                let check = c.mode == Mode::Check;
+                // A check refused, or not known to be allowed, takes nothing.
+                if check && !guarded {
+                    take_back.push((slot.hash, slot.call, c.cost));
+                    return Filed::Moved;
+                }
                 if state != KeyState::Ok {
+                    if check {
+                        take_back.push((slot.hash, slot.call, c.cost));
+                    }
                     return Filed::Done(Ok(Applied {
                         limit: c.rule.limit(),
                         retry_after_ms: left,
@@ -218,20 +253,47 @@ impl Plan {
                         ..Applied::default()
                     }));
                 }
-                let (prev, after) = counts;
-                let before = after.saturating_sub(c.cost);
+                let want = if check {
+                    Want::UpTo(c.cost)
+                } else {
+                    Want::Record(c.cost)
+                };
                 let (d, _) = algorithms::charge_fields(
                     &c.rule.algorithm(),
                     c.rule.limit(),
                     c.rule.burst(),
-                    [slot.win, before, prev],
+                    [slot.win, after.saturating_sub(c.cost), prev],
                     now_ns,
-                    Want::Record(c.cost),
+                    want,
                 );
-                Filed::Done(Ok(Applied::decided(d, c.cost, Mode::Record)))
+                if check && d.granted < c.cost {
+                    take_back.push((slot.hash, slot.call, c.cost - d.granted));
+                }
+                Filed::Done(Ok(Applied::decided(d, c.cost, c.mode)))
             })
-            .collect()
+            .collect();
+        (filed, take_back)
     }
+}
+
+/// The guard script call for `chunk` (ARGV: the counters' names).
+pub fn guard_script(calls: &[Call<'_>], chunk: &[usize], guards: &str) -> redis::Cmd {
+    let mut check = redis::cmd("EVAL");
+    check.arg(guards).arg(0);
+    for &i in chunk {
+        check.arg(calls[i].key);
+    }
+    check
+}
+
+/// Takes back what checks added but did not get: `HINCRBY <hash> <counter> -n` each.
+pub fn take_back(calls: &[Call<'_>], what: &[(String, usize, u64)]) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (hash, call, n) in what {
+        pipe.cmd("HINCRBY").arg(hash).arg(calls[*call].key).arg(-(*n as i64));
+    }
+    pipe
 }
 
 /// A counter's command failed: moved slots are sent again; anything else is its own

@@ -419,9 +419,10 @@ impl RedisStore {
     }
 
     /// Charges every call, in as few round trips as the topology allows: per node (one
-    /// Redis, or grouped by the slot map on a Cluster), reports on window counters go as
-    /// one pipeline of plain commands (`pipelined`) and everything else as script calls
-    /// of up to `MAX_PER_CALL` counters. Results come back in the calls' order.
+    /// Redis, or grouped by the slot map on a Cluster), window counters go as one
+    /// pipeline of plain commands (`pipelined`) and everything else (token buckets,
+    /// distinct clients) as script calls of up to `MAX_PER_CALL` counters. Results come
+    /// back in the calls' order.
     pub async fn apply_many(&self, calls: &[Call<'_>]) -> Vec<Result<Applied, StoreError>> {
         let mut results: Vec<Option<Result<Applied, StoreError>>> = vec![None; calls.len()];
         let now_us = self.clock.now_us();
@@ -439,7 +440,7 @@ impl RedisStore {
         let mut scripted: Vec<Vec<usize>> = Vec::new();
         let mut piped: Vec<Vec<usize>> = Vec::new();
         for group in groups {
-            // Pipelines name windows by Redis's time: they wait for the first sample.
+            // Pipelines name windows by Redis's time: until the first sample, scripts.
             let (plain, other): (Vec<usize>, Vec<usize>) = group
                 .into_iter()
                 .partition(|&i| now_us.is_some() && pipelined::eligible(&calls[i]));
@@ -513,18 +514,43 @@ impl RedisStore {
         out
     }
 
-    /// Sends `chunk` (reports on window counters, all on one node) as one pipeline
-    /// filed at Redis time `now_us`; an outcome per counter, or the pipeline's own failure.
+    /// Sends `chunk` (window counters, all on one node) as one pipeline filed at Redis
+    /// time `now_us`, then takes back what checks did not get; an outcome per counter,
+    /// or the pipeline's own failure.
     async fn file(&self, calls: &[Call<'_>], chunk: &[usize], now_us: u64) -> Result<Vec<Filed>, StoreError> {
-        let (pipe, plan) = Plan::new(calls, chunk, now_us, &self.guards, &self.expiries);
-        let commands = plan.commands();
+        // On a Cluster, to the master of the first counter's slot: the node of them all.
+        let slot = chunk.first().map_or(0, |&i| slot_of(calls[i].key));
+        let plain = self.topology != Topology::Cluster;
+        let (pipe, plan) = Plan::new(calls, chunk, now_us, &self.guards, plain, &self.expiries);
+        let replies = self.send(pipe, plan.commands(), slot).await?;
+        let guards = match replies.first() {
+            // The plain probe found a revocation or a block: which, from the script.
+            Some(Value::Int(found)) if *found > 0 => {
+                let mut ask = redis::pipe();
+                ask.ignore_errors()
+                    .add_command(pipelined::guard_script(calls, chunk, &self.guards));
+                self.send(ask, 1, slot).await?.pop().unwrap_or(Value::Nil)
+            }
+            Some(Value::Int(_)) => Value::Array(Vec::new()),
+            Some(other) => other.clone(),
+            None => Value::Nil,
+        };
+        let (filed, back) = plan.read(calls, &replies, &guards, &self.expiries);
+        if !back.is_empty() {
+            // Not taken back (Redis gone meanwhile): the count reads high until its
+            // window ends, refusing early rather than admitting past the limit.
+            let _ = self.send(pipelined::take_back(calls, &back), back.len(), slot).await;
+        }
+        Ok(filed)
+    }
+
+    /// One pipeline of `commands` commands, on a Cluster to the master of `slot`.
+    async fn send(&self, pipe: redis::Pipeline, commands: usize, slot: u16) -> Result<Vec<Value>, StoreError> {
         let started = Instant::now();
         let call = async {
             match self.conn.conn() {
                 Conn::Single(mut c) => pipe.query_async::<Vec<Value>>(&mut c).await,
                 Conn::Cluster(mut c) => {
-                    // To the master of the first counter's slot: the node of them all.
-                    let slot = chunk.first().map_or(0, |&i| slot_of(calls[i].key));
                     let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
                     c.route_pipeline(pipe, 0, commands, route).await
                 }
@@ -540,7 +566,7 @@ impl RedisStore {
         if replies.len() != commands {
             return Err(malformed(&format!("{} replies to {commands} commands", replies.len())));
         }
-        Ok(plan.read(calls, &replies, &self.expiries))
+        Ok(replies)
     }
 
     /// One script call for `chunk` (indexes into `calls`, all on one node); an answer

@@ -476,13 +476,16 @@ async fn bad_counter_fails_alone(store: &Store, port: u16, tag: &str) {
     let calls = [
         call(&a, fixed, 1, Mode::Record),
         call(&spoiled, fixed, 1, Mode::Record),
-        call(&b, fixed, 1, Mode::Record),
+        call(&spoiled, fixed, 1, Mode::Check),
+        call(&b, fixed, 1, Mode::Check),
     ];
     let results = store.apply_many(&calls).await;
     assert_eq!(results[0].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
-    assert_eq!(results[2].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
-    let err = results[1].as_ref().expect_err("the bad report fails");
-    assert!(!err.transient && err.message.contains("WRONGTYPE"), "{err}");
+    assert_eq!(results[3].as_ref().map(|x| x.granted), Ok(1), "{results:?}");
+    for bad in &results[1..3] {
+        let err = bad.as_ref().expect_err("the bad counter fails, report or check");
+        assert!(!err.transient && err.message.contains("WRONGTYPE"), "{err}");
+    }
 }
 
 fn bad_key(name: &str) -> String {
@@ -498,22 +501,31 @@ fn redis_one_bad_counter_does_not_fail_its_neighbours() {
     });
 }
 
-/// 120 reports over many slots: one pipeline per master (one guard script each), no
-/// script call per counter; their window hashes expire.
-async fn reports_pipeline_per_node(store: &Store, ports: &[u16]) {
+/// 120 checks and reports over many slots: one pipeline per master (one guard read
+/// each: `guard_read`, a plain EXISTS on one Redis, the guard script on a Cluster), no
+/// script call; their window hashes expire.
+async fn window_counters_pipeline_per_node(store: &Store, ports: &[u16], guard_read: &str) {
     let names: Vec<String> = (0..120).map(|i| format!("piped-{i}")).collect();
     let rule = rules()[0];
-    let calls: Vec<Call<'_>> = names.iter().map(|n| call(n, rule, 1, Mode::Record)).collect();
+    let calls: Vec<Call<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| call(n, rule, 1, if i % 2 == 0 { Mode::Record } else { Mode::Check }))
+        .collect();
     let count = |command: &str| -> u64 { ports.iter().map(|p| command_calls(*p, command)).sum() };
-    let before = (count("evalsha"), count("eval"), count("hincrby"));
+    let before = (count("evalsha"), count(guard_read), count("hincrby"));
     let results = store.apply_many(&calls).await;
-    let after = (count("evalsha"), count("eval"), count("hincrby"));
+    let after = (count("evalsha"), count(guard_read), count("hincrby"));
     assert!(
         results.iter().all(|r| r.as_ref().is_ok_and(|a| a.granted == 1)),
         "{results:?}"
     );
-    assert_eq!(after.0 - before.0, 0, "no batch script for reports");
-    assert_eq!(after.1 - before.1, ports.len() as u64, "one guard script per node");
+    assert_eq!(after.0 - before.0, 0, "no batch script for window counters");
+    assert_eq!(
+        after.1 - before.1,
+        ports.len() as u64,
+        "one guard read ({guard_read}) per node"
+    );
     assert_eq!(after.2 - before.2, 120, "one HINCRBY per counter");
     for p in ports {
         let keys = rampart_test_harness::redis::command(*p, "KEYS rampart:v3:*").unwrap_or_default();
@@ -526,21 +538,62 @@ async fn reports_pipeline_per_node(store: &Store, ports: &[u16]) {
 }
 
 #[test]
-fn redis_reports_go_as_one_pipeline() {
+fn redis_window_counters_go_as_one_pipeline() {
     let redis = RedisNode::start();
     rt().block_on(async {
         let store = single(&redis, TIMEOUT).await;
-        reports_pipeline_per_node(&store, &[redis.port]).await;
+        window_counters_pipeline_per_node(&store, &[redis.port], "exists").await;
+        checks_take_back_what_they_did_not_get(&store, redis.port).await;
     });
 }
 
+/// Pipelined checks add first and take back what did not fit: the count ends at what
+/// was granted, not at what was asked.
+async fn checks_take_back_what_they_did_not_get(store: &Store, port: u16) {
+    let rule = Rule::FixedWindow {
+        limit: 5,
+        window_ms: 3_600_000,
+    };
+    let granted: Vec<u64> = {
+        let mut g = Vec::new();
+        for _ in 0..3 {
+            g.push(
+                store
+                    .apply("taker", rule, 4, Mode::Check, Observe::default())
+                    .await
+                    .expect("apply")
+                    .granted,
+            );
+        }
+        g
+    };
+    assert_eq!(granted, [4, 1, 0]);
+    // The count, over this window and its neighbours (one may have just turned over).
+    let time = rampart_test_harness::redis::command(port, "TIME").unwrap();
+    let secs: u64 = time.lines().nth(2).and_then(|l| l.trim().parse().ok()).expect("TIME");
+    let win = secs * 1_000_000 / (rule.window_ms() * 1000);
+    let count: u64 = [win - 1, win, win + 1]
+        .iter()
+        .map(|w| {
+            let key = format!("{}{w}", RedisStore::key("taker", &rule));
+            let reply = rampart_test_harness::redis::command(port, &format!("HGET {key} taker")).unwrap();
+            reply
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(count, 5, "12 asked, 5 granted: the count holds 5");
+}
+
 #[test]
-fn redis_cluster_reports_go_as_one_pipeline_per_node() {
+fn redis_cluster_window_counters_go_as_one_pipeline_per_node() {
     let cluster = RedisCluster::start(3);
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     rt().block_on(async {
         let store = clustered(&cluster).await;
-        reports_pipeline_per_node(&store, &ports).await;
+        window_counters_pipeline_per_node(&store, &ports, "eval").await;
     });
 }
 
@@ -552,7 +605,8 @@ fn redis_cluster_batches_span_slots_in_one_call_per_node() {
         let names: Vec<String> = (0..120).map(|i| format!("spread-{i}")).collect();
         let slots: std::collections::HashSet<u16> = names.iter().map(|n| super::connection::slot_of(n)).collect();
         assert!(slots.len() > 100, "the names cover many slots");
-        let calls: Vec<Call<'_>> = names.iter().map(|n| call(n, rules()[1], 1, Mode::Check)).collect();
+        // Token buckets go through the script (window counters go pipelined).
+        let calls: Vec<Call<'_>> = names.iter().map(|n| call(n, rules()[2], 1, Mode::Check)).collect();
         let before: u64 = cluster.nodes.iter().map(|n| script_calls(n.port)).sum();
         let results = store.apply_many(&calls).await;
         let after: u64 = cluster.nodes.iter().map(|n| script_calls(n.port)).sum();
