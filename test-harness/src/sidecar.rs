@@ -32,20 +32,27 @@ impl Sidecar {
     /// Starts a sidecar with these store flags (`[]` = memory, `["--redis", url]`, ...).
     /// On a free port; retried on another if the port was taken before the bind.
     pub fn start(store_args: &[&str]) -> Sidecar {
+        Sidecar::start_binary(&sidecar_binary(), store_args)
+    }
+
+    /// The same from another build of the sidecar (the bench compares two).
+    pub fn start_binary(binary: &std::path::Path, store_args: &[&str]) -> Sidecar {
         for _ in 0..3 {
-            if let Some(s) = Sidecar::try_start_on(free_port(), store_args) {
+            if let Some(s) = Sidecar::try_start_on(binary, free_port(), store_args) {
                 return s;
             }
         }
-        Sidecar::start_on(free_port(), store_args)
+        Sidecar::try_start_on(binary, free_port(), store_args)
+            .unwrap_or_else(|| panic!("{} exited before serving", binary.display()))
     }
 
     pub fn start_on(port: u16, store_args: &[&str]) -> Sidecar {
-        Sidecar::try_start_on(port, store_args).unwrap_or_else(|| panic!("rampart-sidecar exited before serving"))
+        Sidecar::try_start_on(&sidecar_binary(), port, store_args)
+            .unwrap_or_else(|| panic!("rampart-sidecar exited before serving"))
     }
 
-    fn try_start_on(port: u16, store_args: &[&str]) -> Option<Sidecar> {
-        let mut child = Command::new(sidecar_binary())
+    fn try_start_on(binary: &std::path::Path, port: u16, store_args: &[&str]) -> Option<Sidecar> {
+        let mut child = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(store_args)
             .stdin(Stdio::null())

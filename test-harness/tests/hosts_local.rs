@@ -254,15 +254,7 @@ fn concurrency_counts_requests_in_flight_and_releases_on_end_and_reset() {
         assert_eq!(c.request("POST", "/orders", &[]).unwrap().status, 200);
 
         // Clients that hang up mid-request reset their streams: the slots come back too.
-        let abandoned: Vec<_> = (0..2)
-            .map(|_| {
-                use std::io::Write;
-                let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-                conn.write_all(b"POST /orders?hold_ms=20000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-                    .unwrap();
-                conn
-            })
-            .collect();
+        let abandoned: Vec<_> = (0..2).map(|_| held_open(port)).collect();
         wait_for("two abandoned requests held", Duration::from_secs(10), || {
             (s.upstream.in_flight() == 2).then_some(())
         });
@@ -276,6 +268,28 @@ fn concurrency_counts_requests_in_flight_and_releases_on_end_and_reset() {
             ok.then_some(())
         });
     });
+}
+
+/// A request the upstream holds for 20 s, on a connection left open. The nginx engines
+/// give a finished request's concurrency slot back in their log phase, just after the
+/// client has its answer, so a request sent right after may still be refused: it is
+/// sent again (a held one answers nothing within 200 ms).
+fn held_open(port: u16) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    for _ in 0..50 {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.write_all(b"POST /orders?hold_ms=20000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut first = [0u8; 1];
+        match conn.read(&mut first) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return conn;
+            }
+            _ => continue,
+        }
+    }
+    panic!("no request held by the upstream in 50 tries")
 }
 
 #[test]

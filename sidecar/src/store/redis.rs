@@ -404,6 +404,9 @@ impl RedisStore {
         if e.transient {
             self.conn.nudge();
             self.expiries.forget();
+            // Redis may come back as another host, with another clock: windows are
+            // named by scripts until the next sample.
+            self.clock.forget();
         }
         e
     }

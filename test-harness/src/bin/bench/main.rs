@@ -18,6 +18,8 @@
 //! filter, the no-op wasm filter and Rampart's local layers, alternated the same way,
 //! with ratios to the no-op filter. Each engine proxies to a server inside the same
 //! nginx, so the three differ only by the filter. BENCH_ONLY=engines runs just these.
+//! BENCH_BASELINE_SIDECAR=<another rampart-sidecar binary> runs the sync layer through
+//! it as well (same Redis, same rounds, and one connection at a time).
 
 mod chart;
 mod engines;
@@ -32,6 +34,9 @@ use serde_json::json;
 use engines::engines;
 use load::{median, medians, paced, wrk, Sample};
 use sidecar::sidecar_alone;
+
+/// The sync layer through BENCH_BASELINE_SIDECAR's build.
+const BASELINE_SYNC: &str = "baseline sidecar sync";
 
 struct Scenario {
     name: &'static str,
@@ -158,6 +163,23 @@ fn main() {
             },
         );
     }
+    // BENCH_BASELINE_SIDECAR=<another build of rampart-sidecar>: the sync layer through
+    // it too (same Redis), in the same rounds and in the one-connection runs.
+    let baseline_sidecar = std::env::var("BENCH_BASELINE_SIDECAR").ok();
+    if baseline_sidecar.is_some() {
+        let at = scenarios
+            .iter()
+            .position(|s| s.name == "rampart cluster sync")
+            .map_or(scenarios.len(), |i| i + 1);
+        scenarios.insert(
+            at,
+            Scenario {
+                name: BASELINE_SYNC,
+                filter: Filter::Rampart(rampart_cluster("sync")),
+                sidecar: true,
+            },
+        );
+    }
     if quick {
         scenarios.retain(|s| !s.sidecar);
     }
@@ -176,9 +198,24 @@ fn main() {
         "--threads",
         &env_or("BENCH_SIDECAR_THREADS", 2).to_string(),
     ]);
+    let baseline = baseline_sidecar.map(|b| {
+        Sidecar::start_binary(
+            std::path::Path::new(&b),
+            &[
+                "--redis",
+                &redis.url(),
+                "--threads",
+                &env_or("BENCH_SIDECAR_THREADS", 2).to_string(),
+            ],
+        )
+    });
     let envoys: Vec<Envoy> = scenarios
         .iter()
         .map(|s| {
+            let port = match &baseline {
+                Some(b) if s.name == BASELINE_SYNC => b.port,
+                _ => sidecar.port,
+            };
             let opts = Options {
                 filter: s.filter.clone(),
                 upstream_port: 1,
@@ -188,7 +225,7 @@ fn main() {
                 } else {
                     "filters/envoy/envoy.yaml"
                 },
-                sidecar_port: s.sidecar.then_some(sidecar.port),
+                sidecar_port: s.sidecar.then_some(port),
             };
             Envoy::start_with(&opts, direct_response)
         })
@@ -291,6 +328,7 @@ fn draw_chart(bars: &[(String, f64)], rounds: u64, seconds: u64) {
 /// can do. Alternated, medians of three runs.
 fn lone_requests(envoys: &[Envoy], scenarios: &[Scenario], sync: usize, reference: Option<usize>, seconds: u64) {
     let mut runs: Vec<usize> = vec![0, sync];
+    runs.extend(scenarios.iter().position(|s| s.name == BASELINE_SYNC));
     runs.extend(reference);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); runs.len()];
     for _ in 0..3 {
