@@ -7,7 +7,7 @@
 //! replica may have missed an expiry its master set, and sending `PEXPIRE NX` again is
 //! harmless.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
 
 use super::layout::WindowHash;

@@ -107,19 +107,49 @@ pub fn windowed(rule: &Rule) -> bool {
 }
 
 /// The window hashes' common prefix for counter `name` (append the window number), or
-/// for a token bucket its key.
+/// for a token bucket its key. Built by hand: this runs for every hit, and `format!`
+/// was a tenth of the sidecar's time on distinct counters.
 pub fn counter_key(name: &str, rule: &Rule) -> String {
-    let alg = rule.algorithm();
-    if windowed(rule) {
-        format!(
-            "rampart:v3:{}:{}:{{{}}}:",
-            alg.name(),
-            rule.window_ms(),
-            shard_tag(name)
-        )
+    let windowed = windowed(rule);
+    let (version, tag) = if windowed {
+        ("rampart:v3:", shard_tag(name))
     } else {
-        format!("rampart:v1:{}:{}:{{{name}}}", alg.name(), rule.window_ms())
+        ("rampart:v1:", name)
+    };
+    let mut key = String::with_capacity(40 + tag.len());
+    key.push_str(version);
+    key.push_str(rule.algorithm().name());
+    key.push(':');
+    push_number(&mut key, rule.window_ms());
+    key.push_str(":{");
+    key.push_str(tag);
+    key.push('}');
+    if windowed {
+        key.push(':');
     }
+    key
+}
+
+/// A window hash's name: its prefix (`counter_key`) and the window number.
+pub fn hash_name(prefix: &str, win: u64) -> String {
+    let mut name = String::with_capacity(prefix.len() + 20);
+    name.push_str(prefix);
+    push_number(&mut name, win);
+    name
+}
+
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
 }
 
 /// How long a window hash must live (ms) once window `win` of `w_us` began, at `now_us`:
@@ -162,6 +192,28 @@ mod tests {
             let tag = key.split('{').nth(1).and_then(|r| r.split('}').next()).unwrap_or("");
             assert_eq!(slot_of(tag), slot_of(&name), "{name}");
         }
+    }
+
+    #[test]
+    fn names_read_as_documented() {
+        let fixed = Rule::FixedWindow {
+            limit: 1,
+            window_ms: 60_000,
+        };
+        let prefix = counter_key("ip:ab", &fixed);
+        assert_eq!(
+            prefix,
+            format!("rampart:v3:fixed_window:60000:{{{}}}:", shard_tag("ip:ab"))
+        );
+        assert_eq!(hash_name(&prefix, 0), format!("{prefix}0"));
+        assert_eq!(hash_name(&prefix, 29_000_123), format!("{prefix}29000123"));
+        assert_eq!(hash_name(&prefix, u64::MAX), format!("{prefix}{}", u64::MAX));
+        let bucket = Rule::TokenBucket {
+            limit: 1,
+            window_ms: 1000,
+            burst: 1,
+        };
+        assert_eq!(counter_key("ip:ab", &bucket), "rampart:v1:token_bucket:1000:{ip:ab}");
     }
 
     #[test]

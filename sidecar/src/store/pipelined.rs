@@ -140,12 +140,12 @@ impl Plan {
             let prefix = layout::counter_key(c.key, &c.rule);
             let prev = matches!(c.rule, Rule::SlidingWindow { .. }).then(|| {
                 pipe.cmd("HGET")
-                    .arg(format!("{prefix}{}", win.wrapping_sub(1)))
+                    .arg(layout::hash_name(&prefix, win.wrapping_sub(1)))
                     .arg(c.key);
                 replies += 1;
                 replies - 1
             });
-            let hash = format!("{prefix}{win}");
+            let hash = layout::hash_name(&prefix, win);
             pipe.cmd("HINCRBY").arg(&hash).arg(c.key).arg(c.cost);
             let incr = replies;
             replies += 1;
