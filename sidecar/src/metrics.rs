@@ -31,6 +31,9 @@ pub struct Metrics {
     pub topology_refreshes: IntCounter,
     /// 1 while the store answers, 0 while it fails.
     pub store_up: IntGauge,
+    /// Counter updates sent to Redis as plain pipelined commands, and through the script.
+    pub redis_pipelined: IntCounter,
+    pub redis_scripted: IntCounter,
     store_info: IntGaugeVec,
     pub redis_latency: Histogram,
 }
@@ -72,6 +75,13 @@ impl Metrics {
             "Memory store entries that made room for new ones: expired (nothing forgiven) or live.",
             "reason",
         );
+        let redis_counters = counter_vec(
+            &r,
+            "rampart_sidecar_redis_counters_total",
+            "Counter updates sent to Redis, by path: pipeline (window counters, plain commands) or script \
+             (token buckets, distinct clients, and everything while Redis's clock is not known yet).",
+            "path",
+        );
         let store_up = IntGauge::new(
             "rampart_sidecar_store_up",
             "1 while the store answers, 0 while it fails.",
@@ -83,8 +93,11 @@ impl Metrics {
         r.register(Box::new(store_info.clone()))
             .expect("metric registered once");
         let redis_latency = Histogram::with_opts(
-            HistogramOpts::new("rampart_sidecar_redis_seconds", "Redis script latency.")
-                .buckets(LATENCY_BOUNDS.to_vec()),
+            HistogramOpts::new(
+                "rampart_sidecar_redis_seconds",
+                "Redis round trips (a batch's script call or pipeline).",
+            )
+            .buckets(LATENCY_BOUNDS.to_vec()),
         )
         .expect("metric name");
         r.register(Box::new(redis_latency.clone()))
@@ -170,6 +183,8 @@ impl Metrics {
                 "Times the sidecar followed a Redis Cluster or Sentinel failover to a new master.",
             ),
             store_up,
+            redis_pipelined: redis_counters.with_label_values(&["pipeline"]),
+            redis_scripted: redis_counters.with_label_values(&["script"]),
             store_info,
             redis_latency,
             registry: r,
@@ -207,6 +222,8 @@ mod tests {
             "rampart_sidecar_store_errors_total{class=\"permanent\"} 0",
             "rampart_sidecar_memory_evictions_total{reason=\"replaced\"} 0",
             "rampart_sidecar_topology_refreshes_total 0",
+            "rampart_sidecar_redis_counters_total{path=\"pipeline\"} 0",
+            "rampart_sidecar_redis_counters_total{path=\"script\"} 0",
             "rampart_sidecar_info{store=\"memory\"} 1",
             "rampart_sidecar_store_up 1",
             "rampart_sidecar_redis_seconds_bucket{le=\"0.0025\"} 1",

@@ -447,6 +447,8 @@ impl RedisStore {
             let (plain, other): (Vec<usize>, Vec<usize>) = group
                 .into_iter()
                 .partition(|&i| now_us.is_some() && pipelined::eligible(&calls[i]));
+            METRICS.redis_pipelined.inc_by(plain.len() as u64);
+            METRICS.redis_scripted.inc_by(other.len() as u64);
             scripted.extend(other.chunks(MAX_PER_CALL).map(<[usize]>::to_vec));
             piped.extend(plain.chunks(MAX_PER_CALL).map(<[usize]>::to_vec));
         }
@@ -493,6 +495,7 @@ impl RedisStore {
             }
         }
         if !alone.is_empty() {
+            METRICS.redis_scripted.inc_by(alone.len() as u64);
             self.conn.nudge();
             let retried = join_all(alone.iter().map(|i| self.invoke(calls, std::slice::from_ref(i)))).await;
             for (&i, r) in alone.iter().zip(retried) {
