@@ -152,6 +152,12 @@ fn push_number(out: &mut String, mut n: u64) {
     out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
 }
 
+/// A guard key of counter `name` (`revoked`, `blocked`, `flagged`, `clients`): under the
+/// counter's own hash tag, in the slot of its window hashes.
+pub fn guard_key(kind: &str, name: &str) -> String {
+    format!("rampart:v1:{kind}:{{{name}}}")
+}
+
 /// How long a window hash must live (ms) once window `win` of `w_us` began, at `now_us`:
 /// until it reads empty again (a sliding window's also while the next one reads it),
 /// and a second more.

@@ -116,8 +116,8 @@ impl Plan {
             let probe = pipe.cmd("EXISTS");
             for &i in chunk {
                 probe
-                    .arg(format!("rampart:v1:revoked:{{{}}}", calls[i].key))
-                    .arg(format!("rampart:v1:blocked:{{{}}}", calls[i].key));
+                    .arg(layout::guard_key("revoked", calls[i].key))
+                    .arg(layout::guard_key("blocked", calls[i].key));
             }
         } else {
             pipe.add_command(guard_script(calls, chunk, guards));

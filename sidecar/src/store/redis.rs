@@ -417,10 +417,6 @@ impl RedisStore {
         layout::counter_key(key, rule)
     }
 
-    fn guard_key(kind: &str, key: &str) -> String {
-        format!("rampart:v1:{kind}:{{{key}}}")
-    }
-
     /// Charges every call, in as few round trips as the topology allows: per node (one
     /// Redis, or grouped by the slot map on a Cluster), window counters go as one
     /// pipeline of plain commands (`pipelined`) and everything else (token buckets,
@@ -692,7 +688,7 @@ impl RedisStore {
     }
 
     pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
-        self.query::<()>(redis::cmd("SET").arg(Self::guard_key("revoked", key)).arg(reason))
+        self.query::<()>(redis::cmd("SET").arg(layout::guard_key("revoked", key)).arg(reason))
             .await?;
         self.query::<i64>(redis::cmd("SADD").arg("rampart:v1:index:revoked").arg(key))
             .await?;
@@ -702,7 +698,7 @@ impl RedisStore {
     pub async fn restore(&self, key: &str) -> Result<(), StoreError> {
         let mut del = redis::cmd("DEL");
         for kind in ["revoked", "blocked", "flagged", "clients"] {
-            del.arg(Self::guard_key(kind, key));
+            del.arg(layout::guard_key(kind, key));
         }
         self.query::<i64>(&del).await?;
         for kind in ["revoked", "blocked", "flagged"] {
@@ -714,16 +710,16 @@ impl RedisStore {
 
     pub async fn inspect(&self, key: &str) -> Result<KeyInfo, StoreError> {
         let reason: Option<String> = self
-            .query(redis::cmd("GET").arg(Self::guard_key("revoked", key)))
+            .query(redis::cmd("GET").arg(layout::guard_key("revoked", key)))
             .await?;
         let blocked: i64 = self
-            .query(redis::cmd("PTTL").arg(Self::guard_key("blocked", key)))
+            .query(redis::cmd("PTTL").arg(layout::guard_key("blocked", key)))
             .await?;
         let flagged: i64 = self
-            .query(redis::cmd("EXISTS").arg(Self::guard_key("flagged", key)))
+            .query(redis::cmd("EXISTS").arg(layout::guard_key("flagged", key)))
             .await?;
         let distinct: i64 = self
-            .query(redis::cmd("PFCOUNT").arg(Self::guard_key("clients", key)))
+            .query(redis::cmd("PFCOUNT").arg(layout::guard_key("clients", key)))
             .await?;
         Ok(KeyInfo {
             key: key.to_string(),
