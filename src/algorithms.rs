@@ -8,7 +8,7 @@
 
 use crate::policy::Algorithm;
 
-const NS_PER_MS: u64 = 1_000_000;
+pub const NS_PER_MS: u64 = 1_000_000;
 /// Retry-After given for a concurrency rejection: in-flight slots free up at the pace of
 /// the upstream, which the filter cannot predict.
 pub const CONCURRENCY_RETRY_NS: u64 = 1_000_000_000;
@@ -220,9 +220,6 @@ fn fixed(w: u64, limit: u64, f: Fields, now: u64, want: Want) -> (Decision, Opti
     }
 }
 
-/// Two-counter sliding window: the previous window's count weighted by how much of it
-/// still overlaps the sliding window, plus the current count. Assumes requests were
-/// spread evenly over the previous window; the error is bounded by that window's count.
 /// A sliding window's standing at `now`: this window's count, the previous one's, and
 /// the estimate, scaled by `w` to stay in integers: prev * (w - elapsed) + cur * w.
 struct SlidingNow {
@@ -257,6 +254,9 @@ impl SlidingNow {
     }
 }
 
+/// Two-counter sliding window: the previous window's count weighted by how much of it
+/// still overlaps the sliding window, plus the current count. Assumes requests were
+/// spread evenly over the previous window; the error is bounded by that window's count.
 fn sliding(w: u64, limit: u64, f: Fields, now: u64, want: Want) -> (Decision, Option<Fields>) {
     let SlidingNow {
         w,
