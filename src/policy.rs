@@ -47,7 +47,7 @@ pub enum KeyPart {
     Query(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     FixedWindow {
         window_ms: u64,

@@ -95,7 +95,7 @@ impl Metrics {
         let redis_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "rampart_sidecar_redis_seconds",
-                "Redis round trips (a batch's script call or pipeline).",
+                "Redis round trips: a batch's script call or pipeline, admin calls, health pings.",
             )
             .buckets(LATENCY_BOUNDS.to_vec()),
         )

@@ -50,8 +50,8 @@ impl RedisClock {
     }
 
     /// Redis answered `TIME` with `redis_us` to a call sent at `sent`, answered at
-    /// `received`.
-    /// Only the sampler calls this, so the loads and stores need not be one step.
+    /// `received`. Only the sampler calls this, so its loads and stores need not be one
+    /// step.
     pub fn observe(&self, redis_us: u64, sent: Instant, received: Instant) {
         let rtt = received.saturating_duration_since(sent);
         if rtt > MAX_RTT {
@@ -73,11 +73,9 @@ impl RedisClock {
     /// sample lately.
     pub fn now_us(&self) -> Option<u64> {
         let now = self.local_us(Instant::now());
+        // An answer always leaves a kept sample (the first one is kept).
         let answered = self.answered_us.load(Relaxed);
-        if answered == 0
-            || self.sampled_us.load(Relaxed) == 0
-            || now.saturating_sub(answered) > STALE.as_micros() as u64
-        {
+        if answered == 0 || now.saturating_sub(answered) > STALE.as_micros() as u64 {
             return None;
         }
         u64::try_from(now as i64 + self.offset_us.load(Relaxed)).ok()

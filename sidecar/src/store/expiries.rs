@@ -64,11 +64,18 @@ mod tests {
             limit: 1,
             window_ms: 1000,
         };
-        let h = WindowHash::of("k", &rule, 7);
+        let h = WindowHash::at("k", &rule, 7_000_000);
         assert_eq!(e.needed([h], 100), [true]);
         e.sent([(h, 200)], 100);
-        assert_eq!(e.needed([h, WindowHash::of("k", &rule, 7)], 150), [false, false]);
-        assert_eq!(e.needed([WindowHash::of("k", &rule, 8)], 150), [true], "another window");
+        assert_eq!(
+            e.needed([h, WindowHash::at("k", &rule, 7_000_000)], 150),
+            [false, false]
+        );
+        assert_eq!(
+            e.needed([WindowHash::at("k", &rule, 8_000_000)], 150),
+            [true],
+            "another window"
+        );
         assert_eq!(
             e.needed([h], 200),
             [true],

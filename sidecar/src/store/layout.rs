@@ -18,6 +18,7 @@
 
 use std::sync::OnceLock;
 
+use rampart::policy::Algorithm;
 use rampart::wire::Rule;
 
 use super::connection::slot_of;
@@ -75,29 +76,85 @@ fn shard_of(name: &str) -> usize {
 }
 
 /// The shard tag of counter `name`: hashes to `slot_of(name)`.
-pub fn shard_tag(name: &str) -> &'static str {
+#[cfg(test)]
+fn shard_tag(name: &str) -> &'static str {
     &tags()[shard_of(name)]
 }
 
-/// One window hash, as a small value (the sidecar remembers many of them).
+/// One window hash: which rule, shard and window. Small and `Copy`, so the sidecar can
+/// remember many (`Expiries`); it names itself when a command needs the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WindowHash {
     shard: u32,
-    sliding: bool,
-    window_ms: u64,
-    win: u64,
+    /// What names the hash: fixed or sliding, and the window's length.
+    algorithm: Algorithm,
+    /// The window's number: Redis µs / the window's length.
+    pub win: u64,
 }
 
 impl WindowHash {
-    /// The hash of window `win` that holds counter `name` of a windowed `rule`.
-    pub fn of(name: &str, rule: &Rule, win: u64) -> WindowHash {
+    /// The hash holding counter `name` of a windowed `rule` in the window under way at
+    /// Redis time `now_us`.
+    pub fn at(name: &str, rule: &Rule, now_us: u64) -> WindowHash {
+        let algorithm = rule.algorithm();
         WindowHash {
             shard: shard_of(name) as u32,
-            sliding: matches!(rule, Rule::SlidingWindow { .. }),
-            window_ms: rule.window_ms(),
-            win,
+            algorithm,
+            win: now_us / window_us(&algorithm),
         }
     }
+
+    /// The same counter's hash for the window before.
+    pub fn previous(self) -> WindowHash {
+        WindowHash {
+            win: self.win.wrapping_sub(1),
+            ..self
+        }
+    }
+
+    /// What the names of this counter's window hashes start with (the batch script
+    /// appends the window number it reads off Redis's clock).
+    pub fn prefix(&self) -> String {
+        let tag = &tags()[self.shard as usize];
+        let mut key = String::with_capacity(48 + tag.len());
+        key.push_str("rampart:v3:");
+        key.push_str(self.algorithm.name());
+        key.push(':');
+        key.push_str(itoa::Buffer::new().format(self.algorithm.window_ms()));
+        key.push_str(":{");
+        key.push_str(tag);
+        key.push_str("}:");
+        key
+    }
+
+    /// The hash's name. Built by hand: this runs for every hit, and `format!` was a
+    /// tenth of the sidecar's time on distinct counters.
+    pub fn name(&self) -> String {
+        let mut name = self.prefix();
+        name.push_str(itoa::Buffer::new().format(self.win));
+        name
+    }
+
+    /// How long the hash must live (ms) at Redis time `now_us`: until it reads empty
+    /// again (a sliding window's also while the next one reads it), and a second more.
+    pub fn ttl_ms(&self, now_us: u64) -> u64 {
+        let w = window_us(&self.algorithm);
+        let reset = ((self.win + 1) * w).saturating_sub(now_us);
+        let keep = match self.algorithm {
+            Algorithm::SlidingWindow { .. } => reset + w,
+            _ => reset,
+        };
+        keep.div_ceil(1000) + 1000
+    }
+
+    /// When the hash expires (Redis µs), given its expiry at `now_us`.
+    pub fn expires_us(&self, now_us: u64) -> u64 {
+        now_us + self.ttl_ms(now_us) * 1000
+    }
+}
+
+fn window_us(algorithm: &Algorithm) -> u64 {
+    algorithm.window_ms().max(1) * 1000
 }
 
 /// Whether the counter is a field of window hashes (the token bucket keeps a key of
@@ -106,69 +163,20 @@ pub fn windowed(rule: &Rule) -> bool {
     !matches!(rule, Rule::TokenBucket { .. })
 }
 
-/// The window hashes' common prefix for counter `name` (append the window number), or
-/// for a token bucket its key. Built by hand: this runs for every hit, and `format!`
-/// was a tenth of the sidecar's time on distinct counters.
+/// What the batch script is given for counter `name`: its window hashes' prefix, or for
+/// a token bucket its key.
 pub fn counter_key(name: &str, rule: &Rule) -> String {
-    let windowed = windowed(rule);
-    let (version, tag) = if windowed {
-        ("rampart:v3:", shard_tag(name))
+    if windowed(rule) {
+        WindowHash::at(name, rule, 0).prefix()
     } else {
-        ("rampart:v1:", name)
-    };
-    let mut key = String::with_capacity(40 + tag.len());
-    key.push_str(version);
-    key.push_str(rule.algorithm().name());
-    key.push(':');
-    push_number(&mut key, rule.window_ms());
-    key.push_str(":{");
-    key.push_str(tag);
-    key.push('}');
-    if windowed {
-        key.push(':');
+        format!("rampart:v1:{}:{}:{{{name}}}", rule.algorithm().name(), rule.window_ms())
     }
-    key
-}
-
-/// A window hash's name: its prefix (`counter_key`) and the window number.
-pub fn hash_name(prefix: &str, win: u64) -> String {
-    let mut name = String::with_capacity(prefix.len() + 20);
-    name.push_str(prefix);
-    push_number(&mut name, win);
-    name
-}
-
-fn push_number(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
 }
 
 /// A guard key of counter `name` (`revoked`, `blocked`, `flagged`, `clients`): under the
 /// counter's own hash tag, in the slot of its window hashes.
 pub fn guard_key(kind: &str, name: &str) -> String {
     format!("rampart:v1:{kind}:{{{name}}}")
-}
-
-/// How long a window hash must live (ms) once window `win` of `w_us` began, at `now_us`:
-/// until it reads empty again (a sliding window's also while the next one reads it),
-/// and a second more.
-pub fn hash_ttl_ms(rule: &Rule, win: u64, now_us: u64) -> u64 {
-    let w = rule.window_ms().max(1) * 1000;
-    let reset = ((win + 1) * w).saturating_sub(now_us);
-    let keep = match rule {
-        Rule::SlidingWindow { .. } => reset + w,
-        _ => reset,
-    };
-    keep.div_ceil(1000) + 1000
 }
 
 #[cfg(test)]
@@ -206,14 +214,28 @@ mod tests {
             limit: 1,
             window_ms: 60_000,
         };
-        let prefix = counter_key("ip:ab", &fixed);
+        let tag = shard_tag("ip:ab");
+        let prefix = format!("rampart:v3:fixed_window:60000:{{{tag}}}:");
+        assert_eq!(counter_key("ip:ab", &fixed), prefix);
+        let hash = WindowHash::at("ip:ab", &fixed, 29_000_123 * 60_000_000 + 5);
+        assert_eq!(hash.win, 29_000_123);
+        assert_eq!(hash.name(), format!("{prefix}29000123"));
+        assert_eq!(hash.previous().name(), format!("{prefix}29000122"));
         assert_eq!(
-            prefix,
-            format!("rampart:v3:fixed_window:60000:{{{}}}:", shard_tag("ip:ab"))
+            WindowHash::at("ip:ab", &fixed, 0).previous().name(),
+            format!("{prefix}{}", u64::MAX)
         );
-        assert_eq!(hash_name(&prefix, 0), format!("{prefix}0"));
-        assert_eq!(hash_name(&prefix, 29_000_123), format!("{prefix}29000123"));
-        assert_eq!(hash_name(&prefix, u64::MAX), format!("{prefix}{}", u64::MAX));
+        // 5 µs into the window: 60 s less 5 µs to go, rounded up, and a second more.
+        assert_eq!(hash.ttl_ms(29_000_123 * 60_000_000 + 5), 61_000);
+        let sliding = Rule::SlidingWindow {
+            limit: 1,
+            window_ms: 60_000,
+        };
+        assert_eq!(
+            WindowHash::at("ip:ab", &sliding, 5).ttl_ms(5),
+            121_000,
+            "read by the next window too"
+        );
         let bucket = Rule::TokenBucket {
             limit: 1,
             window_ms: 1000,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rampart::algorithms::{self, State, Want};
+use rampart::algorithms::{self, State, NS_PER_MS};
 use rampart::policy::Algorithm;
 use rampart::wire::Rule;
 
@@ -61,8 +61,6 @@ fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
-
-const NS_PER_MS: u64 = 1_000_000;
 
 impl MemoryStore {
     pub fn new(max_keys: usize) -> MemoryStore {
@@ -257,10 +255,6 @@ impl MemoryStore {
 
     fn charge(&self, key: &str, rule: Rule, cost: u64, mode: Mode, now: u64) -> Applied {
         let alg = rule.algorithm();
-        let want = match mode {
-            Mode::Check => Want::UpTo(cost),
-            Mode::Record => Want::Record(cost),
-        };
         let mut map = self.counters();
         let raw = map.get(key).filter(|e| e.expires_ns > now).map(|e| e.state);
         let (d, next) = algorithms::charge(
@@ -269,7 +263,7 @@ impl MemoryStore {
             rule.burst(),
             raw.as_ref().map(|s| &s[..]),
             now,
-            want,
+            mode.want(cost),
         );
         if let Some(state) = next {
             // A counter is empty again one full window after its last change (two for

@@ -12,7 +12,7 @@ pub mod redis;
 #[cfg(test)]
 mod tests;
 
-use rampart::algorithms::Decision;
+use rampart::algorithms::{Decision, Want, NS_PER_MS};
 use rampart::wire::{Distinct, Rule};
 
 /// A key's standing apart from its counter.
@@ -47,7 +47,6 @@ pub struct Applied {
 impl Applied {
     /// What the algorithm decided for a charge of `cost`, as a store answers it.
     pub fn decided(d: Decision, cost: u64, mode: Mode) -> Applied {
-        const NS_PER_MS: u64 = 1_000_000;
         Applied {
             granted: match mode {
                 Mode::Check => d.granted,
@@ -110,6 +109,16 @@ pub struct Call<'a> {
 pub enum Mode {
     Check,
     Record,
+}
+
+impl Mode {
+    /// What the algorithms are asked to take for a charge of `cost`.
+    pub fn want(self, cost: u64) -> Want {
+        match self {
+            Mode::Check => Want::UpTo(cost),
+            Mode::Record => Want::Record(cost),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,11 +27,12 @@
 
 use redis::{Pipeline, Value};
 
-use rampart::algorithms::{self, Want};
+use rampart::algorithms;
 use rampart::wire::Rule;
 
 use super::expiries::Expiries;
 use super::layout::{self, WindowHash};
+use super::redis::script_state;
 use super::{Applied, Call, KeyState, Mode, StoreError};
 
 /// Guards of a batch of counters (ARGV: their names). Returns, flat, for each revoked or
@@ -125,40 +126,31 @@ impl Plan {
         let mut replies = 1;
         let mut slots = Vec::with_capacity(chunk.len());
         let mut expiring: Vec<(WindowHash, u64, usize)> = Vec::new();
-        let wins: Vec<u64> = chunk
+        let hashes: Vec<WindowHash> = chunk
             .iter()
-            .map(|&i| now_us / (calls[i].rule.window_ms().max(1) * 1000))
+            .map(|&i| WindowHash::at(calls[i].key, &calls[i].rule, now_us))
             .collect();
-        let which: Vec<WindowHash> = chunk
-            .iter()
-            .zip(&wins)
-            .map(|(&i, &win)| WindowHash::of(calls[i].key, &calls[i].rule, win))
-            .collect();
-        let needed = expiries.needed(which.iter().copied(), now_us);
-        for (((&i, &win), which), needed) in chunk.iter().zip(&wins).zip(which).zip(needed) {
+        let needed = expiries.needed(hashes.iter().copied(), now_us);
+        for ((&i, hash), needed) in chunk.iter().zip(hashes).zip(needed) {
             let c = &calls[i];
-            let prefix = layout::counter_key(c.key, &c.rule);
             let prev = matches!(c.rule, Rule::SlidingWindow { .. }).then(|| {
-                pipe.cmd("HGET")
-                    .arg(layout::hash_name(&prefix, win.wrapping_sub(1)))
-                    .arg(c.key);
+                pipe.cmd("HGET").arg(hash.previous().name()).arg(c.key);
                 replies += 1;
                 replies - 1
             });
-            let hash = layout::hash_name(&prefix, win);
-            pipe.cmd("HINCRBY").arg(&hash).arg(c.key).arg(c.cost);
+            let name = hash.name();
+            pipe.cmd("HINCRBY").arg(&name).arg(c.key).arg(c.cost);
             let incr = replies;
             replies += 1;
-            if needed && !expiring.iter().any(|(h, _, _)| *h == which) {
-                let ttl_ms = layout::hash_ttl_ms(&c.rule, win, now_us);
-                pipe.cmd("PEXPIRE").arg(&hash).arg(ttl_ms).arg("NX");
-                expiring.push((which, now_us + ttl_ms * 1000, replies));
+            if needed && !expiring.iter().any(|(h, _, _)| *h == hash) {
+                pipe.cmd("PEXPIRE").arg(&name).arg(hash.ttl_ms(now_us)).arg("NX");
+                expiring.push((hash, hash.expires_us(now_us), replies));
                 replies += 1;
             }
             slots.push(Slot {
                 call: i,
-                win,
-                hash,
+                win: hash.win,
+                hash: name,
                 prev,
                 incr,
             });
@@ -198,12 +190,7 @@ impl Plan {
         for g in guards.chunks(3) {
             if let [Value::Int(pos), Value::Int(state), Value::Int(left)] = g {
                 if let Some(s) = usize::try_from(*pos - 1).ok().and_then(|p| states.get_mut(p)) {
-                    let kind = if *state == 1 {
-                        KeyState::Revoked
-                    } else {
-                        KeyState::Blocked
-                    };
-                    *s = (kind, (*left).max(0) as u64);
+                    *s = (script_state(*state), (*left).max(0) as u64);
                 }
             }
         }
@@ -253,18 +240,13 @@ impl Plan {
                         ..Applied::default()
                     }));
                 }
-                let want = if check {
-                    Want::UpTo(c.cost)
-                } else {
-                    Want::Record(c.cost)
-                };
                 let (d, _) = algorithms::charge_fields(
                     &c.rule.algorithm(),
                     c.rule.limit(),
                     c.rule.burst(),
                     [slot.win, after.saturating_sub(c.cost), prev],
                     now_ns,
-                    want,
+                    c.mode.want(c.cost),
                 );
                 if check && d.granted < c.cost {
                     take_back.push((slot.hash, slot.call, c.cost - d.granted));

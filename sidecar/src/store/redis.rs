@@ -1,10 +1,11 @@
 //! Redis store: one Redis, Redis Cluster or Redis behind Sentinel.
 //!
-//! Reports on window counters go as plain pipelined commands (`pipelined`); every other
-//! charge goes through one Lua script per batch (`BATCH`): atomically per counter,
-//! under Redis's own `TIME`, so every sidecar sharing a Redis uses one clock for window
-//! maths whatever the skew between their hosts. Lua instead of MULTI because each
-//! decision reads before it writes. On Redis Cluster a script may only touch keys of
+//! Window counters (checks and reports) go as plain pipelined commands (`pipelined`),
+//! their windows named by Redis's clock as the sidecar tracks it (`clock`); every other
+//! charge (token buckets, distinct clients) goes through one Lua script per batch
+//! (`BATCH`): atomically per counter, under Redis's own `TIME`. Either way every sidecar
+//! sharing a Redis uses one clock for window maths whatever the skew between their
+//! hosts. Lua instead of MULTI because each decision reads before it writes. On Redis Cluster a script may only touch keys of
 //! the node it runs on, so a batch is split by the node owning each counter's slot
 //! (from the slot map the connection follows); a counter whose slot moved meanwhile
 //! answers "non local key" (or MOVED, in a pipeline) and is retried alone, routed by
@@ -33,8 +34,6 @@ use std::collections::HashMap;
 use futures_util::future::join_all;
 use redis::{RedisError, Script, Value};
 
-use rampart::wire::Rule;
-
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 
 use super::clock::RedisClock;
@@ -45,18 +44,18 @@ use super::pipelined::{self, Filed, Plan};
 use super::{Applied, Call, KeyInfo, KeyState, Mode, StoreError};
 use crate::metrics::METRICS;
 
-/// Every counter update the sidecar cannot send as plain commands: one script call
-/// charges a batch of counters, each checked for revocation and blocks, charged with its
-/// own algorithm, and its distinct clients counted, under one `TIME` (Redis's clock for
-/// all sidecars). Each counter runs under `pcall`: one that fails (a key of the wrong
+/// Every counter update the sidecar does not send as plain commands (and all of them
+/// until Redis's clock is known): one script call charges a batch of counters, each
+/// checked for revocation and blocks, charged with its own algorithm, and its distinct
+/// clients counted, under one `TIME` (Redis's clock for all sidecars). Each counter runs under `pcall`: one that fails (a key of the wrong
 /// type, or one another Cluster node owns) answers its own error and its neighbours go
 /// on.
 ///
 /// Redis calls made from Lua cost about a microsecond each, far more than the Lua around
 /// them, so the script makes as few as it can: one `EXISTS` for every guard of the
-/// batch (on a Cluster node, one per counter); a window count is one `HINCRBY` on its window hash (`layout`), plus that
-/// hash's `PEXPIRE NX` when the sidecar has not sent it yet (or named another window
-/// than Redis's clock does). A check that does not fit takes back what it added;
+/// batch (on a Cluster node, one per counter); a window count is one `HINCRBY` on its
+/// window hash (`layout`), plus that hash's `PEXPIRE NX` when the sidecar has not sent
+/// it yet (or named another window than Redis's clock does). A check that does not fit takes back what it added;
 /// sliding windows also read the previous window (`HGET`).
 ///
 /// Keys are built in the script, not declared: on Redis Cluster the script carries
@@ -264,7 +263,7 @@ pub struct RedisStore {
     topology: Topology,
     /// The batch script; on Cluster with `allow-cross-slot-keys` (Redis 7.0 and later).
     script: Script,
-    /// The guard script of pipelined reports, likewise.
+    /// The guard script of pipelines, likewise.
     guards: String,
     timeout: Duration,
     clock: Arc<RedisClock>,
@@ -321,14 +320,19 @@ fn applied(v: &[Value]) -> Result<Applied, StoreError> {
         remaining: n[2],
         reset_ms: n[3],
         retry_after_ms: n[4],
-        state: match n[5] {
-            1 => KeyState::Revoked,
-            2 => KeyState::Blocked,
-            3 => KeyState::Flagged,
-            _ => KeyState::Ok,
-        },
+        state: script_state(n[5] as i64),
         distinct: n[6],
     })
+}
+
+/// A key's standing as the scripts answer it (`BATCH`, `pipelined::GUARDS`).
+pub fn script_state(code: i64) -> KeyState {
+    match code {
+        1 => KeyState::Revoked,
+        2 => KeyState::Blocked,
+        3 => KeyState::Flagged,
+        _ => KeyState::Ok,
+    }
 }
 
 /// Samples Redis's clock every `CLOCK_EVERY` while the store lives.
@@ -337,14 +341,11 @@ async fn sample_clock(conn: Weak<Supervised>, clock: Arc<RedisClock>) {
     loop {
         every.tick().await;
         let Some(conn) = conn.upgrade() else { return };
-        let time = redis::cmd("TIME");
         let sent = Instant::now();
-        let answer = tokio::time::timeout(CLOCK_EVERY, async {
-            match conn.conn() {
-                Conn::Single(mut c) => time.query_async::<(u64, u64)>(&mut c).await,
-                Conn::Cluster(mut c) => time.query_async::<(u64, u64)>(&mut c).await,
-            }
-        })
+        let answer = tokio::time::timeout(
+            CLOCK_EVERY,
+            redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn.conn()),
+        )
         .await;
         match answer {
             Ok(Ok((secs, micros))) => clock.observe(secs * 1_000_000 + micros, sent, Instant::now()),
@@ -387,7 +388,7 @@ impl RedisStore {
         self.topology.name()
     }
 
-    /// Whether reports go pipelined now (Redis's clock is known).
+    /// Whether window counters go pipelined now (Redis's clock is known).
     #[cfg(test)]
     pub fn pipelines(&self) -> bool {
         self.clock.now_us().is_some()
@@ -409,12 +410,6 @@ impl RedisStore {
             self.clock.forget();
         }
         e
-    }
-
-    /// A counter's key (`layout`): for window counters the prefix of its window hashes,
-    /// which share the slot of the counter's name, so either routes a call to its node.
-    pub fn key(key: &str, rule: &Rule) -> String {
-        layout::counter_key(key, rule)
     }
 
     /// Charges every call, in as few round trips as the topology allows: per node (one
@@ -453,27 +448,22 @@ impl RedisStore {
             join_all(scripted.iter().map(|chunk| self.invoke(calls, chunk))),
             join_all(piped.iter().map(|chunk| self.file(calls, chunk, now_us)))
         );
+        // Script answers read like pipelines': "non local key" is a slot that moved.
+        let by_script = scripted.iter().zip(by_script).map(|(chunk, answer)| {
+            answer.map(|per_counter| {
+                per_counter
+                    .into_iter()
+                    .map(|r| match r {
+                        Err(e) if chunk.len() > 1 && e.message.contains("non local key") => Filed::Moved,
+                        other => Filed::Done(other),
+                    })
+                    .collect::<Vec<Filed>>()
+            })
+        });
         // Counters another node owned (the map moved under us): each alone, routed by
         // its own key, which the cluster client redirects.
         let mut alone = Vec::new();
-        for (chunk, answer) in scripted.iter().zip(by_script) {
-            match answer {
-                Err(e) => {
-                    for &i in chunk {
-                        results[i] = Some(Err(e.clone()));
-                    }
-                }
-                Ok(per_call) => {
-                    for (&i, r) in chunk.iter().zip(per_call) {
-                        match r {
-                            Err(e) if chunk.len() > 1 && e.message.contains("non local key") => alone.push(i),
-                            other => results[i] = Some(other),
-                        }
-                    }
-                }
-            }
-        }
-        for (chunk, answer) in piped.iter().zip(by_pipe) {
+        for (chunk, answer) in scripted.iter().chain(&piped).zip(by_script.chain(by_pipe)) {
             match answer {
                 Err(e) => {
                     for &i in chunk {
@@ -548,23 +538,18 @@ impl RedisStore {
 
     /// One pipeline of `commands` commands, on a Cluster to the master of `slot`.
     async fn send(&self, pipe: redis::Pipeline, commands: usize, slot: u16) -> Result<Vec<Value>, StoreError> {
-        let started = Instant::now();
-        let call = async {
-            match self.conn.conn() {
-                Conn::Single(mut c) => pipe.query_async::<Vec<Value>>(&mut c).await,
-                Conn::Cluster(mut c) => {
-                    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-                    c.route_pipeline(pipe, 0, commands, route).await
+        let replies = self
+            .round_trip(async {
+                match self.conn.conn() {
+                    // A Cluster client sends a pipeline to one slot's node only when told.
+                    Conn::Cluster(mut c) => {
+                        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                        c.route_pipeline(pipe, 0, commands, route).await
+                    }
+                    mut one => pipe.query_async::<Vec<Value>>(&mut one).await,
                 }
-            }
-        };
-        let result = tokio::time::timeout(self.timeout, call).await;
-        METRICS.redis_latency.observe(started.elapsed().as_secs_f64());
-        let replies = match result {
-            Err(_) => return Err(self.failed(timeout_error(self.timeout))),
-            Ok(Err(e)) => return Err(self.failed(classify(&e))),
-            Ok(Ok(v)) => v,
-        };
+            })
+            .await?;
         if replies.len() != commands {
             return Err(malformed(&format!("{} replies to {commands} commands", replies.len())));
         }
@@ -582,25 +567,29 @@ impl RedisStore {
             return Ok(Vec::new());
         };
         // KEYS[1] routes the call (Cluster) to the node owning the first counter.
-        let mut inv = self.script.key(Self::key(calls[first].key, &calls[first].rule));
+        let mut inv = self
+            .script
+            .key(layout::counter_key(calls[first].key, &calls[first].rule));
         // Without an estimate of Redis's time, every window hash is given its expiry.
         let guessed = self.clock.now_us();
         inv.arg(chunk.len()).arg(guessed.unwrap_or(0));
+        let hashes: Vec<WindowHash> = chunk
+            .iter()
+            .map(|&i| WindowHash::at(calls[i].key, &calls[i].rule, guessed.unwrap_or(0)))
+            .collect();
         // Which window hashes the sidecar has given their expiry already.
         let asked: Vec<bool> = match guessed {
             None => vec![true; chunk.len()],
-            Some(now) => self.expiries.needed(
-                chunk.iter().map(|&i| {
-                    let c = &calls[i];
-                    WindowHash::of(c.key, &c.rule, now / (c.rule.window_ms().max(1) * 1000))
-                }),
-                now,
-            ),
+            Some(now) => self.expiries.needed(hashes.iter().copied(), now),
         };
-        for (&i, asked) in chunk.iter().zip(asked) {
+        for ((&i, hash), asked) in chunk.iter().zip(&hashes).zip(asked) {
             let c = &calls[i];
-            let key = Self::key(c.key, &c.rule);
-            let asked = asked && layout::windowed(&c.rule);
+            let windowed = layout::windowed(&c.rule);
+            let key = match windowed {
+                true => hash.prefix(),
+                false => layout::counter_key(c.key, &c.rule),
+            };
+            let asked = asked && windowed;
             let flags = u8::from(c.mode == Mode::Record) + 2 * u8::from(asked);
             inv.arg(c.key)
                 .arg(&key)
@@ -626,20 +615,9 @@ impl RedisStore {
                 }
             }
         }
-        let started = Instant::now();
-        let call = async {
-            match self.conn.conn() {
-                Conn::Single(mut c) => inv.invoke_async::<Vec<Value>>(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async::<Vec<Value>>(&mut c).await,
-            }
-        };
-        let result = tokio::time::timeout(self.timeout, call).await;
-        METRICS.redis_latency.observe(started.elapsed().as_secs_f64());
-        let mut values = match result {
-            Err(_) => return Err(self.failed(timeout_error(self.timeout))),
-            Ok(Err(e)) => return Err(self.failed(classify(&e))),
-            Ok(Ok(v)) => v,
-        };
+        let mut values = self
+            .round_trip(inv.invoke_async::<Vec<Value>>(&mut self.conn.conn()))
+            .await?;
         let now = match values.pop() {
             Some(Value::Int(now)) if values.len() == 7 * chunk.len() => now.max(0) as u64,
             _ => {
@@ -663,10 +641,8 @@ impl RedisStore {
                         .is_ok_and(|a| !matches!(a.state, KeyState::Revoked | KeyState::Blocked))
             })
             .map(|(&i, _)| {
-                let c = &calls[i];
-                let win = now / (c.rule.window_ms().max(1) * 1000);
-                let until = now + layout::hash_ttl_ms(&c.rule, win, now) * 1000;
-                (WindowHash::of(c.key, &c.rule, win), until)
+                let hash = WindowHash::at(calls[i].key, &calls[i].rule, now);
+                (hash, hash.expires_us(now))
             })
             .collect();
         self.expiries.sent(expired, now);
@@ -674,13 +650,19 @@ impl RedisStore {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let call = async {
-            match self.conn.conn() {
-                Conn::Single(mut c) => cmd.query_async::<T>(&mut c).await,
-                Conn::Cluster(mut c) => cmd.query_async::<T>(&mut c).await,
-            }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
+        self.round_trip(cmd.query_async::<T>(&mut self.conn.conn())).await
+    }
+
+    /// One round trip to Redis: bounded by the store's timeout, timed, and its failure
+    /// classified (`failed`).
+    async fn round_trip<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        METRICS.redis_latency.observe(started.elapsed().as_secs_f64());
+        match result {
             Err(_) => Err(self.failed(timeout_error(self.timeout))),
             Ok(Err(e)) => Err(self.failed(classify(&e))),
             Ok(Ok(v)) => Ok(v),

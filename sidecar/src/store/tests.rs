@@ -6,6 +6,7 @@ use rampart::wire::Rule;
 use rampart_test_harness::redis::{RedisCluster, RedisNode};
 
 use super::connection::Target;
+use super::layout::WindowHash;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::{Call, KeyState, Mode, Observe, Store};
@@ -344,7 +345,7 @@ fn a_full_memory_store_does_the_same_work_per_insert_whatever_its_size() {
     }
 }
 
-/// A connected store, once it knows Redis's clock (so reports go pipelined).
+/// A connected store, once it knows Redis's clock (so window counters go pipelined).
 async fn ready(target: Target, timeout: Duration) -> Store {
     let store = RedisStore::connect(target, timeout).await.expect("connect");
     for _ in 0..100 {
@@ -395,17 +396,32 @@ fn redis_store() {
     });
     // Every counter key carries a TTL, so Redis never fills with dead counters (only
     // revocations and the listing sets live until removed).
-    let keys = rampart_test_harness::redis::command(redis.port, "KEYS rampart:*").unwrap();
-    let counters: Vec<&str> = keys
-        .lines()
-        .filter(|l| l.starts_with("rampart:v3:") || l.starts_with("rampart:v1:token_bucket:"))
-        .collect();
-    assert!(counters.len() > 100, "{keys}");
-    for key in counters {
-        let ttl = rampart_test_harness::redis::command(redis.port, &format!("PTTL {key}")).unwrap();
+    let counters =
+        every_key_expires(redis.port, "rampart:v3:*") + every_key_expires(redis.port, "rampart:v1:token_bucket:*");
+    assert!(counters > 100, "{counters} counter keys");
+}
+
+/// Asserts that every key matching `pattern` on the node at `port` has a TTL; returns
+/// how many there are.
+fn every_key_expires(port: u16, pattern: &str) -> usize {
+    let keys = rampart_test_harness::redis::command(port, &format!("KEYS {pattern}")).unwrap_or_default();
+    let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("rampart:")).collect();
+    for key in &keys {
+        let ttl = rampart_test_harness::redis::command(port, &format!("PTTL {key}")).unwrap();
         let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
+    keys.len()
+}
+
+/// The names of counter `name`'s window hashes for the window before Redis's time on
+/// `port`, this one and the next (one may turn over while a test runs).
+fn hashes_around_now(port: u16, name: &str, rule: Rule) -> [String; 3] {
+    let time = rampart_test_harness::redis::command(port, "TIME").unwrap();
+    let secs: u64 = time.lines().nth(2).and_then(|l| l.trim().parse().ok()).expect("TIME");
+    let now = WindowHash::at(name, &rule, secs * 1_000_000);
+    let next = WindowHash::at(name, &rule, (secs * 1000 + rule.window_ms()) * 1000);
+    [now.previous().name(), now.name(), next.name()]
 }
 
 #[test]
@@ -465,11 +481,7 @@ async fn bad_counter_fails_alone(store: &Store, port: u16, tag: &str) {
     // window's and the next are spoiled, so a window turning over mid-test changes nothing.
     let fixed = rules()[0];
     let spoiled = format!("{tag}-bad-report");
-    let time = rampart_test_harness::redis::command(port, "TIME").unwrap();
-    let secs: u64 = time.lines().nth(2).and_then(|l| l.trim().parse().ok()).expect("TIME");
-    let win = secs * 1_000_000 / (fixed.window_ms() * 1000);
-    for w in [win, win + 1] {
-        let key = format!("{}{w}", RedisStore::key(&spoiled, &fixed));
+    for key in &hashes_around_now(port, &spoiled, fixed)[1..] {
         let reply = rampart_test_harness::redis::command(port, &format!("SET {key} spoiled")).unwrap();
         assert!(reply.starts_with("+OK"), "{reply}");
     }
@@ -489,7 +501,7 @@ async fn bad_counter_fails_alone(store: &Store, port: u16, tag: &str) {
 }
 
 fn bad_key(name: &str) -> String {
-    RedisStore::key(name, &rules()[2])
+    super::layout::counter_key(name, &rules()[2])
 }
 
 #[test]
@@ -527,14 +539,8 @@ async fn window_counters_pipeline_per_node(store: &Store, ports: &[u16], guard_r
         "one guard read ({guard_read}) per node"
     );
     assert_eq!(after.2 - before.2, 120, "one HINCRBY per counter");
-    for p in ports {
-        let keys = rampart_test_harness::redis::command(*p, "KEYS rampart:v3:*").unwrap_or_default();
-        for key in keys.lines().filter(|l| l.starts_with("rampart:")) {
-            let ttl = rampart_test_harness::redis::command(*p, &format!("PTTL {key}")).unwrap();
-            let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
-            assert!(ttl > 0, "{key} has no TTL ({ttl})");
-        }
-    }
+    let hashes: usize = ports.iter().map(|p| every_key_expires(*p, "rampart:v3:*")).sum();
+    assert!(hashes >= 60, "{hashes} window hashes for 120 counters");
 }
 
 #[test]
@@ -569,13 +575,9 @@ async fn checks_take_back_what_they_did_not_get(store: &Store, port: u16) {
     };
     assert_eq!(granted, [4, 1, 0]);
     // The count, over this window and its neighbours (one may have just turned over).
-    let time = rampart_test_harness::redis::command(port, "TIME").unwrap();
-    let secs: u64 = time.lines().nth(2).and_then(|l| l.trim().parse().ok()).expect("TIME");
-    let win = secs * 1_000_000 / (rule.window_ms() * 1000);
-    let count: u64 = [win - 1, win, win + 1]
+    let count: u64 = hashes_around_now(port, "taker", rule)
         .iter()
-        .map(|w| {
-            let key = format!("{}{w}", RedisStore::key("taker", &rule));
+        .map(|key| {
             let reply = rampart_test_harness::redis::command(port, &format!("HGET {key} taker")).unwrap();
             reply
                 .lines()
