@@ -35,14 +35,27 @@ use engines::engines;
 use load::{median, medians, paced, wrk, Sample};
 use sidecar::sidecar_alone;
 
-/// The sync layer through BENCH_BASELINE_SIDECAR's build.
-const BASELINE_SYNC: &str = "baseline sidecar sync";
+/// Which sidecar a scenario's cluster layers call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    None,
+    /// The bench's sidecar, this build.
+    Sidecar,
+    /// BENCH_BASELINE_SIDECAR's build, on the same Redis.
+    Baseline,
+}
+
+impl Via {
+    fn calls(self) -> bool {
+        self != Via::None
+    }
+}
 
 struct Scenario {
     name: &'static str,
     filter: Filter,
-    /// Wire the cluster template to the bench's sidecar.
-    sidecar: bool,
+    /// Wire the cluster template to this sidecar.
+    sidecar: Via,
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -104,44 +117,44 @@ fn main() {
         Scenario {
             name: "no filter",
             filter: Filter::None,
-            sidecar: false,
+            sidecar: Via::None,
         },
         Scenario {
             name: "native local_ratelimit",
             filter: Filter::NativeLocalRatelimit {
                 tokens_per_second: 1_000_000_000,
             },
-            sidecar: false,
+            sidecar: Via::None,
         },
         Scenario {
             name: "no-op wasm filter",
             filter: Filter::Noop,
-            sidecar: false,
+            sidecar: Via::None,
         },
         Scenario {
             name: "trivial cas + header",
             filter: Filter::Trivial { call: false },
-            sidecar: false,
+            sidecar: Via::None,
         },
         Scenario {
             name: "rampart local (ip + key)",
             filter: Filter::Rampart(rampart_local()),
-            sidecar: false,
+            sidecar: Via::None,
         },
         Scenario {
             name: "trivial + sidecar call",
             filter: Filter::Trivial { call: true },
-            sidecar: true,
+            sidecar: Via::Sidecar,
         },
         Scenario {
             name: "rampart cluster sync",
             filter: Filter::Rampart(rampart_cluster("sync")),
-            sidecar: true,
+            sidecar: Via::Sidecar,
         },
         Scenario {
             name: "rampart cluster async",
             filter: Filter::Rampart(rampart_cluster("async")),
-            sidecar: true,
+            sidecar: Via::Sidecar,
         },
     ];
     // BENCH_BASELINE_WASM=<another build of rampart.wasm>: its local layers run in the
@@ -159,7 +172,7 @@ fn main() {
                     wasm: wasm.into(),
                     plugin: rampart_local(),
                 },
-                sidecar: false,
+                sidecar: Via::None,
             },
         );
     }
@@ -174,14 +187,14 @@ fn main() {
         scenarios.insert(
             at,
             Scenario {
-                name: BASELINE_SYNC,
+                name: "baseline sidecar sync",
                 filter: Filter::Rampart(rampart_cluster("sync")),
-                sidecar: true,
+                sidecar: Via::Baseline,
             },
         );
     }
     if quick {
-        scenarios.retain(|s| !s.sidecar);
+        scenarios.retain(|s| !s.sidecar.calls());
     }
     // BENCH_ONLY=sync,async: the two baselines plus the configurations named.
     if let Ok(only) = std::env::var("BENCH_ONLY") {
@@ -192,40 +205,27 @@ fn main() {
         });
     }
     let redis = RedisNode::start();
-    let sidecar = Sidecar::start(&[
-        "--redis",
-        &redis.url(),
-        "--threads",
-        &env_or("BENCH_SIDECAR_THREADS", 2).to_string(),
-    ]);
-    let baseline = baseline_sidecar.map(|b| {
-        Sidecar::start_binary(
-            std::path::Path::new(&b),
-            &[
-                "--redis",
-                &redis.url(),
-                "--threads",
-                &env_or("BENCH_SIDECAR_THREADS", 2).to_string(),
-            ],
-        )
-    });
+    let (url, threads) = (redis.url(), env_or("BENCH_SIDECAR_THREADS", 2).to_string());
+    let sidecar_args = ["--redis", &url, "--threads", &threads];
+    let sidecar = Sidecar::start(&sidecar_args);
+    let baseline = baseline_sidecar.map(|b| Sidecar::start_binary(std::path::Path::new(&b), &sidecar_args));
     let envoys: Vec<Envoy> = scenarios
         .iter()
         .map(|s| {
-            let port = match &baseline {
-                Some(b) if s.name == BASELINE_SYNC => b.port,
+            let port = match (s.sidecar, &baseline) {
+                (Via::Baseline, Some(b)) => b.port,
                 _ => sidecar.port,
             };
             let opts = Options {
                 filter: s.filter.clone(),
                 upstream_port: 1,
                 concurrency: 1,
-                template: if s.sidecar {
+                template: if s.sidecar.calls() {
                     "filters/envoy/envoy-cluster.yaml"
                 } else {
                     "filters/envoy/envoy.yaml"
                 },
-                sidecar_port: s.sidecar.then_some(port),
+                sidecar_port: s.sidecar.calls().then_some(port),
             };
             Envoy::start_with(&opts, direct_response)
         })
@@ -273,7 +273,7 @@ fn main() {
     };
     println!();
     let none = &med[0];
-    for (s, m) in scenarios.iter().zip(&med).filter(|(s, _)| s.sidecar) {
+    for (s, m) in scenarios.iter().zip(&med).filter(|(s, _)| s.sidecar.calls()) {
         println!("p99 {:<30} +{:.3} ms over no filter", s.name, m.p99_ms - none.p99_ms);
     }
     // Rampart against the least a filter of its kind can do on this host.
@@ -328,7 +328,7 @@ fn draw_chart(bars: &[(String, f64)], rounds: u64, seconds: u64) {
 /// can do. Alternated, medians of three runs.
 fn lone_requests(envoys: &[Envoy], scenarios: &[Scenario], sync: usize, reference: Option<usize>, seconds: u64) {
     let mut runs: Vec<usize> = vec![0, sync];
-    runs.extend(scenarios.iter().position(|s| s.name == BASELINE_SYNC));
+    runs.extend(scenarios.iter().position(|s| s.sidecar == Via::Baseline));
     runs.extend(reference);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); runs.len()];
     for _ in 0..3 {

@@ -168,15 +168,17 @@ fn redis_cpu(port: u16) -> f64 {
 pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<(String, f64)> {
     const CONNECTIONS: u64 = 16;
     let dir = TempDir::new("bench");
+    let hits_per_s = |load: &Load, port: u16| {
+        wrk_script(port, &load.script(&dir.0), seconds, CONNECTIONS) * (load.hits as u64 * load.cost) as f64
+    };
     // Hits/s, and Redis CPU µs per hit (what the load costs Redis, apart from how much
     // of these 2 cores the sidecar and wrk took meanwhile).
-    let run = |load: &Load, port: u16| -> (f64, f64) {
+    let run = |load: &Load| -> (f64, f64) {
         let cpu = redis_cpu(redis.port);
-        let rate = wrk_script(port, &load.script(&dir.0), seconds, CONNECTIONS) * (load.hits as u64 * load.cost) as f64;
+        let rate = hits_per_s(load, sidecar.port);
         let used = redis_cpu(redis.port) - cpu;
         (rate, used * 1e6 / (rate * seconds as f64).max(1.0))
     };
-    let hits_per_s = |load: &Load, port: u16| run(load, port).0;
     let loads = [
         &HOT_CHECK,
         &HOT_CHECK20,
@@ -184,7 +186,7 @@ pub fn sidecar_alone(redis: &RedisNode, sidecar: &Sidecar, seconds: u64) -> Vec<
         &DISTINCT_REPORT,
         &DISTINCT_CHECK,
     ];
-    let (measured, cpu_per_hit): (Vec<f64>, Vec<f64>) = loads.iter().map(|l| run(l, sidecar.port)).unzip();
+    let (measured, cpu_per_hit): (Vec<f64>, Vec<f64>) = loads.iter().map(|l| run(l)).unzip();
     let plain = redis_benchmark(redis.port, None);
     let cpu = redis_cpu(redis.port);
     let pipelined = redis_benchmark(redis.port, Some(&["incr", "key:__rand_int__"]));
