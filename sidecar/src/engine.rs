@@ -1,10 +1,12 @@
 //! Turns batches of hits into store calls without becoming the bottleneck.
 //!
-//! - **Coalescing**: every hit goes through one queue. A single worker drains whatever
-//!   is queued (up to `MAX_BATCH`), merges hits on the same counter into one store call
+//! - **Coalescing**: every caller's hits go through one queue as one job (a report's
+//!   hits together, a check's one at a time). A single worker drains whatever is queued
+//!   (up to `MAX_BATCH` jobs), merges hits on the same counter into one store call
 //!   (cost N: the store admits as many as fit, handed out in arrival order), and issues
-//!   all calls of the batch concurrently, which the Redis connection pipelines. Under
-//!   load batches grow by themselves: the busier, the fewer store calls per hit.
+//!   all calls of the batch at once, which the store pipelines. Under load batches grow
+//!   by themselves: the busier, the fewer store calls per hit. A job is answered with
+//!   one message, however many hits it holds.
 //! - **Over-limit cache**: a counter that rejected is remembered until its
 //!   Retry-After; checks against it are answered without the store. Capped at
 //!   `MAX_CACHED` entries; when full, the entry closest to reopening makes room.
@@ -15,7 +17,6 @@ use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use rampart::wire::{add_client, Denied, Distinct, Hit, Outcome, Rule};
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,23 +28,24 @@ use crate::store::{Applied, Call, KeyState, Mode, Observe, Store, StoreError};
 /// A batch still running after this no longer counts against `MAX_BATCHES_IN_FLIGHT`
 /// (a healthy Redis answers a batch in well under a millisecond or two).
 const SLOW_BATCH: Duration = Duration::from_millis(10);
-/// Most hits one batch drains from the queue.
+/// Most jobs one batch drains from the queue.
 pub const MAX_BATCH: usize = 4096;
-/// Queue length before new hits are refused (back-pressure instead of unbounded memory).
-pub const MAX_QUEUE: usize = 65_536;
+/// Jobs queued before new ones are refused (back-pressure instead of unbounded memory;
+/// a job's hits are bounded by the largest body, `MAX_BODY_BYTES`).
+pub const MAX_QUEUE: usize = 16_384;
 /// Batches whose store calls may be in flight at once.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most counters remembered as over their limit.
 pub const MAX_CACHED: usize = 100_000;
 
+/// What a job's hits got, in their order (or the store's error for each).
+type Answers = Vec<Result<Applied, StoreError>>;
+
+/// One caller's hits, all in one mode, answered together.
 struct Job {
-    key: String,
-    rule: Rule,
-    cost: u64,
+    hits: Vec<Hit>,
     mode: Mode,
-    clients: Vec<String>,
-    distinct: Option<Distinct>,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
+    reply: oneshot::Sender<Answers>,
 }
 
 #[derive(Clone, Copy)]
@@ -79,29 +81,19 @@ impl Engine {
         })
     }
 
-    async fn submit(&self, hit: &Hit, mode: Mode) -> Result<Applied, StoreError> {
+    /// Queues `hits` as one job; what each got, in order.
+    async fn submit(&self, hits: Vec<Hit>, mode: Mode) -> Result<Answers, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            key: hit.key.clone(),
-            rule: hit.rule,
-            cost: hit.cost,
-            mode,
-            clients: hit.clients.clone(),
-            distinct: hit.distinct,
-            reply,
-        };
-        self.queue.try_send(job).map_err(|_| {
+        self.queue.try_send(Job { hits, mode, reply }).map_err(|_| {
             self.health.refused();
             StoreError {
                 transient: true,
                 message: "sidecar queue full".into(),
             }
         })?;
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError {
-                transient: true,
-                message: "sidecar worker stopped".into(),
-            })
+        rx.await.map_err(|_| StoreError {
+            transient: true,
+            message: "sidecar worker stopped".into(),
         })
     }
 
@@ -142,63 +134,81 @@ impl Engine {
 
     /// Ordered check of one request's hits.
     pub async fn check(&self, hits: &[Hit]) -> Result<Vec<Outcome>, StoreError> {
-        let mut out = Vec::with_capacity(hits.len());
-        let mut rejected = false;
-        for hit in hits {
-            if rejected {
-                out.push(Outcome {
-                    allowed: false,
-                    limit: hit.rule.limit(),
-                    remaining: 0,
-                    reset_ms: 0,
-                    retry_after_ms: 0,
-                    skipped: true,
-                    ..Default::default()
-                });
-                continue;
-            }
-            if let Some(o) = self.cached(hit) {
-                METRICS.cache_hits.inc();
-                METRICS.rejected.inc();
-                rejected = true;
-                out.push(o);
-                continue;
-            }
-            let a = self.submit(hit, Mode::Check).await?;
-            let denied = denial(a.state);
-            let allowed = denied.is_none() && a.granted >= hit.cost;
-            let o = Outcome {
-                allowed,
-                limit: a.limit,
-                remaining: a.remaining,
-                reset_ms: a.reset_ms,
-                retry_after_ms: if allowed { 0 } else { a.retry_after_ms.max(1) },
-                denied,
-                flagged: a.state == KeyState::Flagged,
-                ..Default::default()
-            };
-            note(a.state);
-            if allowed {
-                METRICS.allowed.inc();
-            } else {
-                METRICS.rejected.inc();
-                rejected = true;
-                if denied.is_none() {
-                    self.remember(hit, o);
+        Ok(self.check_many(&[hits]).await?.pop().unwrap_or_default())
+    }
+
+    /// Ordered checks of several requests at once: each request's hits are charged one
+    /// after another and its first rejection skips the rest, while the requests go
+    /// side by side, their n-th hits queued as one job.
+    pub async fn check_many(&self, requests: &[&[Hit]]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+        let mut out: Vec<Vec<Outcome>> = requests.iter().map(|r| Vec::with_capacity(r.len())).collect();
+        let mut rejected = vec![false; requests.len()];
+        let rounds = requests.iter().map(|r| r.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            // Which requests ask the store this round, and their hits.
+            let mut asking: Vec<usize> = Vec::new();
+            let mut hits: Vec<Hit> = Vec::new();
+            for (i, request) in requests.iter().enumerate() {
+                let Some(hit) = request.get(round) else { continue };
+                if rejected[i] {
+                    out[i].push(Outcome {
+                        allowed: false,
+                        limit: hit.rule.limit(),
+                        skipped: true,
+                        ..Default::default()
+                    });
+                } else if let Some(o) = self.cached(hit) {
+                    METRICS.cache_hits.inc();
+                    METRICS.rejected.inc();
+                    rejected[i] = true;
+                    out[i].push(o);
+                } else {
+                    asking.push(i);
+                    hits.push(hit.clone());
                 }
             }
-            out.push(o);
+            if hits.is_empty() {
+                continue;
+            }
+            let answers = self.submit(hits, Mode::Check).await?;
+            for (i, a) in asking.into_iter().zip(answers) {
+                let a = a?;
+                let hit = &requests[i][round];
+                let denied = denial(a.state);
+                let allowed = denied.is_none() && a.granted >= hit.cost;
+                let o = Outcome {
+                    allowed,
+                    limit: a.limit,
+                    remaining: a.remaining,
+                    reset_ms: a.reset_ms,
+                    retry_after_ms: if allowed { 0 } else { a.retry_after_ms.max(1) },
+                    denied,
+                    flagged: a.state == KeyState::Flagged,
+                    ..Default::default()
+                };
+                note(a.state);
+                if allowed {
+                    METRICS.allowed.inc();
+                } else {
+                    METRICS.rejected.inc();
+                    rejected[i] = true;
+                    if denied.is_none() {
+                        self.remember(hit, o);
+                    }
+                }
+                out[i].push(o);
+            }
         }
         Ok(out)
     }
 
     /// Records already-admitted hits and returns each counter's standing.
-    pub async fn report(&self, hits: &[Hit]) -> Result<Vec<Outcome>, StoreError> {
-        let results = join_all(hits.iter().map(|h| self.submit(h, Mode::Record))).await;
-        let mut out = Vec::with_capacity(hits.len());
-        for (hit, r) in hits.iter().zip(results) {
-            let a = r?;
-            METRICS.recorded.inc_by(hit.cost);
+    pub async fn report(&self, hits: Vec<Hit>) -> Result<Vec<Outcome>, StoreError> {
+        let cost: u64 = hits.iter().map(|h| h.cost).sum();
+        let answers = self.submit(hits, Mode::Record).await?;
+        let mut out = Vec::with_capacity(answers.len());
+        for a in answers {
+            let a = a?;
             note(a.state);
             out.push(Outcome {
                 allowed: a.remaining > 0,
@@ -211,6 +221,7 @@ impl Engine {
                 ..Default::default()
             });
         }
+        METRICS.recorded.inc_by(cost);
         Ok(out)
     }
 }
@@ -261,100 +272,106 @@ async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>
     }
 }
 
+/// One counter's hits in a batch, merged into one store call.
+struct Merged<'a> {
+    key: &'a str,
+    rule: Rule,
+    mode: Mode,
+    cost: u64,
+    clients: Vec<String>,
+    distinct: Option<Distinct>,
+}
+
 /// Merges a batch by counter and applies all merged hits at once: the store charges
-/// them in as few calls as it can (one script call per Redis node and 128 counters).
+/// them in as few calls as it can (one pipeline or script call per Redis node), then
+/// each job gets its hits' shares, in arrival order.
 async fn execute(store: &Arc<Store>, batch: Vec<Job>, health: &Health) {
-    // Fx rather than SipHash: counter names are the filter's keyed hashes, which no
-    // client can choose to collide, and the table lives for one batch.
-    let mut groups: FxHashMap<(String, Rule, Mode), Vec<Job>> = FxHashMap::default();
-    for job in batch {
-        groups
-            .entry((job.key.clone(), job.rule, job.mode))
-            .or_default()
-            .push(job);
-    }
-    struct Merged {
-        key: String,
-        rule: Rule,
-        mode: Mode,
-        cost: u64,
-        clients: Vec<String>,
-        distinct: Option<Distinct>,
-        jobs: Vec<Job>,
-    }
-    let merged: Vec<Merged> = groups
-        .into_iter()
-        .map(|((key, rule, mode), jobs)| {
-            METRICS.coalesced.inc_by(jobs.len() as u64 - 1);
-            // Merged hits carry their clients together (deduplicated, capped).
-            let mut clients: Vec<String> = Vec::new();
-            for c in jobs.iter().flat_map(|j| j.clients.iter()) {
-                add_client(&mut clients, c);
+    let hits: usize = batch.iter().map(|j| j.hits.len()).sum();
+    // Which merged counter each hit of the batch went to, in arrival order.
+    let mut merged_of: Vec<usize> = Vec::with_capacity(hits);
+    let results = {
+        let mut merged: Vec<Merged<'_>> = Vec::new();
+        // Fx rather than SipHash: counter names are the filter's keyed hashes, which no
+        // client can choose to collide, and the table lives for one batch.
+        let mut index: FxHashMap<(&str, Rule, Mode), usize> = FxHashMap::default();
+        for job in &batch {
+            for hit in &job.hits {
+                let m = *index.entry((hit.key.as_str(), hit.rule, job.mode)).or_insert_with(|| {
+                    merged.push(Merged {
+                        key: &hit.key,
+                        rule: hit.rule,
+                        mode: job.mode,
+                        cost: 0,
+                        clients: Vec::new(),
+                        distinct: None,
+                    });
+                    merged.len() - 1
+                });
+                let into = &mut merged[m];
+                into.cost += hit.cost;
+                into.distinct = into.distinct.or(hit.distinct);
+                // Merged hits carry their clients together (deduplicated, capped).
+                for c in &hit.clients {
+                    add_client(&mut into.clients, c);
+                }
+                merged_of.push(m);
             }
-            Merged {
-                cost: jobs.iter().map(|j| j.cost).sum(),
-                distinct: jobs.iter().find_map(|j| j.distinct),
-                key,
-                rule,
-                mode,
-                clients,
-                jobs,
-            }
-        })
-        .collect();
-    METRICS.store_calls.inc_by(merged.len() as u64);
-    let calls: Vec<Call<'_>> = merged
-        .iter()
-        .map(|m| Call {
-            key: &m.key,
-            rule: m.rule,
-            cost: m.cost,
-            mode: m.mode,
-            seen: Observe {
-                clients: &m.clients,
-                distinct: m.distinct,
-            },
-        })
-        .collect();
-    let results = store.apply_many(&calls).await;
-    drop(calls);
-    for (m, result) in merged.into_iter().zip(results) {
-        match &result {
-            Ok(_) => health.answered(),
-            Err(e) => health.failed(e),
         }
-        distribute(m.jobs, result);
+        METRICS.coalesced.inc_by((hits - merged.len()) as u64);
+        METRICS.store_calls.inc_by(merged.len() as u64);
+        let calls: Vec<Call<'_>> = merged
+            .iter()
+            .map(|m| Call {
+                key: m.key,
+                rule: m.rule,
+                cost: m.cost,
+                mode: m.mode,
+                seen: Observe {
+                    clients: &m.clients,
+                    distinct: m.distinct,
+                },
+            })
+            .collect();
+        store.apply_many(&calls).await
+    };
+    for result in &results {
+        match result {
+            Ok(_) => health.answered(),
+            Err(e) => {
+                health.failed(e);
+                if e.transient {
+                    METRICS.errors_transient.inc();
+                } else {
+                    METRICS.errors_permanent.inc();
+                }
+            }
+        }
+    }
+    // What is left of each merged grant, handed out in arrival order.
+    let mut left: Vec<u64> = results.iter().map(|r| r.as_ref().map_or(0, |a| a.granted)).collect();
+    let mut next = merged_of.into_iter();
+    for job in batch {
+        let answers = job
+            .hits
+            .iter()
+            .zip(next.by_ref())
+            .map(|(hit, m)| share(hit.cost, &results[m], &mut left[m]))
+            .collect();
+        let _ = job.reply.send(answers);
     }
 }
 
-/// Hands a merged result back to the jobs in arrival order: each takes its cost from
-/// what was granted while it lasts.
-fn distribute(jobs: Vec<Job>, result: Result<Applied, StoreError>) {
-    let applied = match result {
-        Ok(a) => a,
-        Err(e) => {
-            if e.transient {
-                METRICS.errors_transient.inc();
-            } else {
-                METRICS.errors_permanent.inc();
-            }
-            for j in jobs {
-                let _ = j.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-    };
-    let mut left = applied.granted;
-    for j in jobs {
-        let granted = j.cost.min(left);
-        left -= granted;
-        // Jobs served from the merged grant see the remaining that includes the rest
-        // of the grant, as if they had been charged one by one.
-        let a = Applied {
-            granted,
-            remaining: applied.remaining + left,
-            ..applied
-        };
-        let _ = j.reply.send(Ok(a));
-    }
+/// A hit's share of its merged counter's result: its cost from what is `left` of the
+/// grant, while it lasts.
+fn share(cost: u64, result: &Result<Applied, StoreError>, left: &mut u64) -> Result<Applied, StoreError> {
+    let applied = result.as_ref().map_err(Clone::clone)?;
+    let granted = cost.min(*left);
+    *left -= granted;
+    // Hits served from the merged grant see the remaining that includes the rest of the
+    // grant, as if they had been charged one by one.
+    Ok(Applied {
+        granted,
+        remaining: applied.remaining + *left,
+        ..*applied
+    })
 }

@@ -5,11 +5,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use rampart::wire::{Batch, Check, CheckAnswers, Outcomes, MAX_BODY_BYTES, TOKEN_HEADER};
+use rampart::wire::{Batch, Check, CheckAnswers, Hit, Outcomes, MAX_BODY_BYTES, TOKEN_HEADER};
 
 use crate::engine::Engine;
 use crate::metrics::METRICS;
@@ -124,12 +123,9 @@ impl App {
             }
             Check::Many(requests) => {
                 METRICS.checked_requests.inc_by(requests.len() as u64);
-                let answers = join_all(requests.iter().map(|r| self.engine.check(&r.hits))).await;
-                let requests = answers
-                    .into_iter()
-                    .map(|a| a.map(|results| Outcomes { results }))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(unavailable)?;
+                let hits: Vec<&[Hit]> = requests.iter().map(|r| r.hits.as_slice()).collect();
+                let answers = self.engine.check_many(&hits).await.map_err(unavailable)?;
+                let requests = answers.into_iter().map(|results| Outcomes { results }).collect();
                 serde_json::to_vec(&CheckAnswers { requests })
             }
         };
@@ -141,7 +137,7 @@ impl App {
         let batch = read_batch(req, true).await.inspect_err(|_| {
             METRICS.bad_requests.inc();
         })?;
-        let results = self.engine.report(&batch.hits).await.map_err(unavailable)?;
+        let results = self.engine.report(batch.hits).await.map_err(unavailable)?;
         serde_json::to_vec(&Outcomes { results }).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
     }
 

@@ -81,11 +81,11 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         None => Store::Memory(Box::new(MemoryStore::new(args.max_keys))),
         Some(t) => {
             let what = format!("{t:?}");
-            Store::Redis(
+            Store::Redis(Box::new(
                 RedisStore::connect(t, args.redis_timeout)
                     .await
                     .map_err(|e| format!("{what}: {e}"))?,
-            )
+            ))
         }
     };
     metrics::METRICS.set_store(store.name());

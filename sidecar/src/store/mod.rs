@@ -5,6 +5,7 @@
 mod clock;
 pub mod connection;
 mod expiries;
+mod guards;
 mod layout;
 pub mod memory;
 mod pipelined;
@@ -137,7 +138,7 @@ impl std::fmt::Display for StoreError {
 
 pub enum Store {
     Memory(Box<memory::MemoryStore>),
-    Redis(redis::RedisStore),
+    Redis(Box<redis::RedisStore>),
 }
 
 impl Store {

@@ -10,8 +10,9 @@
 //! exactly), so any check that sees the extra would have been refused anyway. A batch
 //! for one node goes as one pipeline:
 //!
-//! 1. one small script reading every counter's revocation and block (one `EXISTS` for
-//!    all on one Redis, one per counter on a Cluster node; details only when set),
+//! 1. the guards' read: on one Redis the guard feed's seq (`GET`, see `guards`: the
+//!    sidecar knows every revocation and block as of that seq); on a Cluster node a
+//!    small script reading each counter's revocation and block (details only when set),
 //! 2. per counter `HINCRBY <window hash> <name> <cost>` (a sliding window first reads
 //!    the previous window's count, `HGET`),
 //! 3. `PEXPIRE <hash> <ms> NX` for each hash this sidecar has not yet given its expiry
@@ -31,12 +32,14 @@ use rampart::algorithms;
 use rampart::wire::Rule;
 
 use super::expiries::Expiries;
+use super::guards;
 use super::layout::{self, WindowHash};
 use super::redis::script_state;
 use super::{Applied, Call, KeyState, Mode, StoreError};
 
-/// Guards of a batch of counters (ARGV: their names). Returns, flat, for each revoked or
-/// blocked one: its position (from 1), 1 (revoked) or 2 (blocked), and the block's ms left.
+/// Guards of a batch of counters on a Cluster node (ARGV: their names). Returns, flat,
+/// for each revoked or blocked one: its position (from 1), 1 (revoked) or 2 (blocked),
+/// and the block's ms left.
 pub const GUARDS: &str = r#"
 local keys = {}
 for i = 1, #ARGV do
@@ -45,8 +48,8 @@ for i = 1, #ARGV do
 end
 local out = {}
 if #keys == 0 then return out end
--- One EXISTS for all; on a Cluster node, keys of many slots fail it (even with
--- allow-cross-slot-keys), and each counter asks for its own two (one slot).
+-- One EXISTS for all when they share a slot; keys of many slots fail it (even with
+-- allow-cross-slot-keys), and then each counter asks for its own two (one slot).
 local whole, found = pcall(redis.call, 'EXISTS', unpack(keys))
 if whole and found == 0 then return out end
 for i = 1, #ARGV do
@@ -99,29 +102,23 @@ pub enum Filed {
 
 impl Plan {
     /// The pipeline for `chunk` (indexes into `calls`, all eligible, all on one node),
-    /// filed at Redis time `now_us`. Its first command reads the guards: `guards`, the
-    /// guard script as this topology needs it, or on one Redis (`plain`) a plain
-    /// `EXISTS` of them all (cheaper than the script; the caller asks the script only
-    /// when it finds any, see `read`).
+    /// filed at Redis time `now_us`. Its first command reads the guards (`read`).
     pub fn new(
         calls: &[Call<'_>],
         chunk: &[usize],
         now_us: u64,
-        guards: &str,
-        plain: bool,
+        read: GuardRead<'_>,
         expiries: &Expiries,
     ) -> (Pipeline, Plan) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        if plain {
-            let probe = pipe.cmd("EXISTS");
-            for &i in chunk {
-                probe
-                    .arg(layout::guard_key("revoked", calls[i].key))
-                    .arg(layout::guard_key("blocked", calls[i].key));
+        match read {
+            GuardRead::Seq => {
+                pipe.cmd("GET").arg(guards::SEQ);
             }
-        } else {
-            pipe.add_command(guard_script(calls, chunk, guards));
+            GuardRead::Script(lua) => {
+                pipe.add_command(guard_script(calls, chunk, lua));
+            }
         }
         let mut replies = 1;
         let mut slots = Vec::with_capacity(chunk.len());
@@ -169,31 +166,22 @@ impl Plan {
         self.commands
     }
 
-    /// Reads the pipeline's replies, with the guard script's answer in `guards` (or, from
-    /// a plain `EXISTS` that found none, an empty array): an outcome per counter, in
-    /// `chunk` order, and what to take back (window hash, counter, amount: what checks
-    /// added but did not get). When the guards could not be read (a slot of the batch
-    /// moved), reports still counted and are answered without guards (the next report
-    /// sees a revocation); checks are taken back and sent again.
+    /// Reads the pipeline's replies, with each counter's standing and a block's ms left
+    /// in `states` (in `chunk` order; `None` when the guards could not be read): an
+    /// outcome per counter, in `chunk` order, and what to take back (window hash,
+    /// counter, amount: what checks added but did not get). Without guards (a slot of
+    /// the batch moved, or the feed could not be read), reports still counted and are
+    /// answered without them (the next report sees a revocation); checks are taken back
+    /// and sent again.
     pub fn read(
         self,
         calls: &[Call<'_>],
         replies: &[Value],
-        guards: &Value,
+        states: Option<Vec<(KeyState, u64)>>,
         expiries: &Expiries,
     ) -> (Vec<Filed>, Vec<(String, usize, u64)>) {
-        let (guards, guarded): (&[Value], bool) = match guards {
-            Value::Array(v) => (v, true),
-            _ => (&[], false),
-        };
-        let mut states = vec![(KeyState::Ok, 0u64); self.slots.len()];
-        for g in guards.chunks(3) {
-            if let [Value::Int(pos), Value::Int(state), Value::Int(left)] = g {
-                if let Some(s) = usize::try_from(*pos - 1).ok().and_then(|p| states.get_mut(p)) {
-                    *s = (script_state(*state), (*left).max(0) as u64);
-                }
-            }
-        }
+        let guarded = states.is_some();
+        let states = states.unwrap_or_else(|| vec![(KeyState::Ok, 0u64); self.slots.len()]);
         let done = self
             .expiring
             .into_iter()
@@ -256,6 +244,30 @@ impl Plan {
             .collect();
         (filed, take_back)
     }
+}
+
+/// How a pipeline reads its counters' guards.
+#[derive(Clone, Copy)]
+pub enum GuardRead<'a> {
+    /// One Redis: the feed's seq (`guards`).
+    Seq,
+    /// A Cluster node: this guard script (`GUARDS`, flagged for the Cluster).
+    Script(&'a str),
+}
+
+/// The guard script's answer as each of `n` counters' standing and a block's ms left;
+/// `None` when it is no answer (the script failed: a slot moved).
+pub fn scripted_states(answer: &Value, n: usize) -> Option<Vec<(KeyState, u64)>> {
+    let Value::Array(found) = answer else { return None };
+    let mut states = vec![(KeyState::Ok, 0u64); n];
+    for g in found.chunks(3) {
+        if let [Value::Int(pos), Value::Int(state), Value::Int(left)] = g {
+            if let Some(s) = usize::try_from(*pos - 1).ok().and_then(|p| states.get_mut(p)) {
+                *s = (script_state(*state), (*left).max(0) as u64);
+            }
+        }
+    }
+    Some(states)
 }
 
 /// The guard script call for `chunk` (ARGV: the counters' names).

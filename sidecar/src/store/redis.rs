@@ -39,8 +39,9 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use super::clock::RedisClock;
 use super::connection::{slot_of, Conn, Supervised, Target};
 use super::expiries::Expiries;
+use super::guards::{self, Feed, Known};
 use super::layout::{self, WindowHash};
-use super::pipelined::{self, Filed, Plan};
+use super::pipelined::{self, Filed, GuardRead, Plan};
 use super::{Applied, Call, KeyInfo, KeyState, Mode, StoreError};
 use crate::metrics::METRICS;
 
@@ -61,6 +62,9 @@ use crate::metrics::METRICS;
 /// Keys are built in the script, not declared: on Redis Cluster the script carries
 /// `allow-cross-slot-keys` and is sent to the node that owns every counter of the batch
 /// (KEYS[1], the first counter, routes it); declared keys would have to share one slot.
+///
+/// On one Redis (`feed`, set ahead of the script) a block is logged in the guard feed
+/// (`guards`) with the block itself.
 ///
 /// ARGV: the number of counters, the sidecar's estimate of Redis's time (µs; 0 when it
 /// has none), then for each counter: its name, its key (window hashes' prefix, or the
@@ -184,6 +188,10 @@ local function one(a)
     if seen > dlimit then
       if block == '1' then
         redis.call('SET', 'rampart:v1:blocked:' .. tag, '1', 'PX', cooldown)
+        if feed then
+          redis.call('SADD', 'rampart:v1:index:blocked', field)
+          log_guard('blocked', field, now + tonumber(cooldown) * 1000)
+        end
         return g, lim, rem, reset, tonumber(cooldown), 2, seen
       end
       redis.call('SET', 'rampart:v1:flagged:' .. tag, seen, 'PX', dwin)
@@ -263,8 +271,11 @@ pub struct RedisStore {
     topology: Topology,
     /// The batch script; on Cluster with `allow-cross-slot-keys` (Redis 7.0 and later).
     script: Script,
-    /// The guard script of pipelines, likewise.
+    /// How pipelines read guards: the feed's seq on one Redis, the guard script
+    /// (flagged likewise) on a Cluster.
     guards: String,
+    /// The guards as this sidecar knows them (one Redis or Sentinel; not a Cluster).
+    feed: Option<Feed>,
     timeout: Duration,
     clock: Arc<RedisClock>,
     expiries: Expiries,
@@ -367,21 +378,29 @@ impl RedisStore {
     pub async fn connect(target: Target, timeout: Duration) -> Result<RedisStore, StoreError> {
         let topology = Topology::of(&target);
         let flagged = |lua: &str| match topology {
-            Topology::Cluster => format!("#!lua flags=allow-cross-slot-keys\n{lua}"),
-            _ => lua.to_string(),
+            Topology::Cluster => format!("#!lua flags=allow-cross-slot-keys\nlocal feed = false\n{lua}"),
+            _ => format!("local feed = true\n{lua}"),
         };
+        let feed = (topology != Topology::Cluster).then(Feed::new);
         let conn = Supervised::connect(target, timeout).await?;
         let clock = Arc::new(RedisClock::default());
         tokio::spawn(sample_clock(Arc::downgrade(&conn), Arc::clone(&clock)));
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             topology,
-            script: Script::new(&flagged(BATCH)),
+            script: Script::new(&flagged(&(guards::log_lua() + BATCH))),
             guards: flagged(pipelined::GUARDS),
+            feed,
             timeout,
             clock,
             expiries: Expiries::default(),
-        })
+        };
+        // Now rather than on the first hit (which would wait for it); a failure here is
+        // retried by the first pipeline.
+        if let Some(feed) = &store.feed {
+            let _ = store.load_guards(feed).await;
+        }
+        Ok(store)
     }
 
     pub fn name(&self) -> &'static str {
@@ -405,6 +424,9 @@ impl RedisStore {
         if e.transient {
             self.conn.nudge();
             self.expiries.forget();
+            if let Some(feed) = &self.feed {
+                feed.forget();
+            }
             // Redis may come back as another host, with another clock: windows are
             // named by scripts until the next sample.
             self.clock.forget();
@@ -512,28 +534,101 @@ impl RedisStore {
     async fn file(&self, calls: &[Call<'_>], chunk: &[usize], now_us: u64) -> Result<Vec<Filed>, StoreError> {
         // On a Cluster, to the master of the first counter's slot: the node of them all.
         let slot = chunk.first().map_or(0, |&i| slot_of(calls[i].key));
-        let plain = self.topology != Topology::Cluster;
-        let (pipe, plan) = Plan::new(calls, chunk, now_us, &self.guards, plain, &self.expiries);
-        let replies = self.send(pipe, plan.commands(), slot).await?;
-        let guards = match replies.first() {
-            // The plain probe found a revocation or a block: which, from the script.
-            Some(Value::Int(found)) if *found > 0 => {
-                let mut ask = redis::pipe();
-                ask.ignore_errors()
-                    .add_command(pipelined::guard_script(calls, chunk, &self.guards));
-                self.send(ask, 1, slot).await?.pop().unwrap_or(Value::Nil)
-            }
-            Some(Value::Int(_)) => Value::Array(Vec::new()),
-            Some(other) => other.clone(),
-            None => Value::Nil,
+        let read = match self.feed {
+            Some(_) => GuardRead::Seq,
+            None => GuardRead::Script(&self.guards),
         };
-        let (filed, back) = plan.read(calls, &replies, &guards, &self.expiries);
+        let (pipe, plan) = Plan::new(calls, chunk, now_us, read, &self.expiries);
+        let replies = self.send(pipe, plan.commands(), slot).await?;
+        let first = replies.first().unwrap_or(&Value::Nil);
+        let states = match &self.feed {
+            Some(feed) => self.fed_states(feed, first, calls, chunk, now_us).await,
+            None => pipelined::scripted_states(first, chunk.len()),
+        };
+        let (filed, back) = plan.read(calls, &replies, states, &self.expiries);
         if !back.is_empty() {
             // Not taken back (Redis gone meanwhile): the count reads high until its
             // window ends, refusing early rather than admitting past the limit.
             let _ = self.send(pipelined::take_back(calls, &back), back.len(), slot).await;
         }
         Ok(filed)
+    }
+
+    /// The standing of `chunk`'s keys (at Redis time `now_us`) for a pipeline that read
+    /// the feed's seq `seen`: from the feed, caught up first when it is behind. `None`
+    /// when the feed cannot be read (the caller answers as without guards).
+    async fn fed_states(
+        &self,
+        feed: &Feed,
+        seen: &Value,
+        calls: &[Call<'_>],
+        chunk: &[usize],
+        now_us: u64,
+    ) -> Option<Vec<(KeyState, u64)>> {
+        let seen = guards::seq_of(seen)?;
+        let keys = || chunk.iter().map(|&i| calls[i].key);
+        if let Some(states) = feed.states(seen, keys(), now_us) {
+            return Some(states);
+        }
+        self.catch_up(feed, seen).await.ok()?;
+        // The feed may be past `seen` now: those changes were made before this answer.
+        feed.with(|known| known.map(|k| keys().map(|key| k.state(key, now_us)).collect()))
+    }
+
+    /// Brings the feed up to Redis's seq (a pipeline read `seen`): the log's entries
+    /// since the last one applied, or everything again when entries are missing (the
+    /// log trimmed past ours, Redis restarted or replaced: its seq went back).
+    async fn catch_up(&self, feed: &Feed, seen: u64) -> Result<(), StoreError> {
+        let _alone = feed.syncing.lock().await;
+        if feed.seq() == Some(seen) {
+            return Ok(());
+        }
+        for _ in 0..guards::ROUNDS {
+            let Some((known, last_id)) = feed.with(|k| k.map(|k| (k.seq(), k.last_id().to_string()))) else {
+                break;
+            };
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET")
+                .arg(guards::SEQ)
+                .cmd("XRANGE")
+                .arg(guards::LOG)
+                .arg(format!("({last_id}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(guards::CATCH_UP);
+            let (current, read): (Value, Value) = self.round_trip(pipe.query_async(&mut self.conn.conn())).await?;
+            let current = guards::seq_of(&current).ok_or_else(|| malformed(&format!("guard seq {current:?}")))?;
+            let Some(entries) = guards::entries(&read).filter(|_| current >= known) else {
+                break;
+            };
+            let now = self.clock.now_us().unwrap_or(0);
+            let applied = feed.with(|k| {
+                k.map(|k| {
+                    k.prune(now);
+                    k.apply(&entries)
+                })
+            });
+            if applied != Some(Ok(())) {
+                break;
+            }
+            if feed.seq() >= Some(current) {
+                return Ok(());
+            }
+            if entries.len() < guards::CATCH_UP {
+                break;
+            }
+        }
+        self.load_guards(feed).await
+    }
+
+    /// Loads every guard into the feed, as of Redis's seq now.
+    async fn load_guards(&self, feed: &Feed) -> Result<(), StoreError> {
+        let loaded = self
+            .round_trip(feed.load.prepare_invoke().invoke_async::<Value>(&mut self.conn.conn()))
+            .await?;
+        let known = Known::loaded(&loaded).ok_or_else(|| malformed(&format!("guard load {loaded:?}")))?;
+        feed.set(known);
+        Ok(())
     }
 
     /// One pipeline of `commands` commands, on a Cluster to the master of `slot`.
@@ -670,6 +765,14 @@ impl RedisStore {
     }
 
     pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
+        if let Some(feed) = &self.feed {
+            let mut write = feed.write.prepare_invoke();
+            write.arg("revoke").arg(key).arg(reason);
+            return self
+                .round_trip(write.invoke_async::<i64>(&mut self.conn.conn()))
+                .await
+                .map(|_| ());
+        }
         self.query::<()>(redis::cmd("SET").arg(layout::guard_key("revoked", key)).arg(reason))
             .await?;
         self.query::<i64>(redis::cmd("SADD").arg("rampart:v1:index:revoked").arg(key))
@@ -678,6 +781,14 @@ impl RedisStore {
     }
 
     pub async fn restore(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(feed) = &self.feed {
+            let mut write = feed.write.prepare_invoke();
+            write.arg("restore").arg(key);
+            return self
+                .round_trip(write.invoke_async::<i64>(&mut self.conn.conn()))
+                .await
+                .map(|_| ());
+        }
         let mut del = redis::cmd("DEL");
         for kind in ["revoked", "blocked", "flagged", "clients"] {
             del.arg(layout::guard_key(kind, key));

@@ -355,7 +355,7 @@ async fn ready(target: Target, timeout: Duration) -> Store {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(store.pipelines(), "Redis's clock sampled within 2 s");
-    Store::Redis(store)
+    Store::Redis(Box::new(store))
 }
 
 async fn single(redis: &RedisNode, timeout: Duration) -> Store {
@@ -514,8 +514,8 @@ fn redis_one_bad_counter_does_not_fail_its_neighbours() {
 }
 
 /// 120 checks and reports over many slots: one pipeline per master (one guard read
-/// each: `guard_read`, a plain EXISTS on one Redis, the guard script on a Cluster), no
-/// script call; their window hashes expire.
+/// each: `guard_read`, the guard feed's seq on one Redis, the guard script on a
+/// Cluster), no script call; their window hashes expire.
 async fn window_counters_pipeline_per_node(store: &Store, ports: &[u16], guard_read: &str) {
     let names: Vec<String> = (0..120).map(|i| format!("piped-{i}")).collect();
     let rule = rules()[0];
@@ -548,7 +548,7 @@ fn redis_window_counters_go_as_one_pipeline() {
     let redis = RedisNode::start();
     rt().block_on(async {
         let store = single(&redis, TIMEOUT).await;
-        window_counters_pipeline_per_node(&store, &[redis.port], "exists").await;
+        window_counters_pipeline_per_node(&store, &[redis.port], "get").await;
         checks_take_back_what_they_did_not_get(&store, redis.port).await;
     });
 }
@@ -628,5 +628,107 @@ fn redis_cluster_batches_span_slots_in_one_call_per_node() {
             })
             .expect("a node owns the bad counter's slot");
         bad_counter_fails_alone(&store, owner.port, "c").await;
+    });
+}
+
+/// The standing sidecar `store` answers for a pipelined report and a pipelined check of
+/// `key` (fixed window), and what the check was granted.
+async fn standing(store: &Store, key: &str) -> (KeyState, KeyState, u64) {
+    let rule = rules()[0];
+    let results = store
+        .apply_many(&[call(key, rule, 1, Mode::Record), call(key, rule, 1, Mode::Check)])
+        .await;
+    let report = results[0].as_ref().expect("report");
+    let check = results[1].as_ref().expect("check");
+    (report.state, check.state, check.granted)
+}
+
+/// Guards changed through one sidecar bind every other sidecar of the Redis at once,
+/// though their pipelines read no guard key: revocation, restore, and a block set by the
+/// distinct-client script. Only the feed's seq is read per pipeline.
+#[test]
+fn redis_guards_reach_every_sidecar_through_the_feed() {
+    let redis = RedisNode::start();
+    rt().block_on(async {
+        let a = single(&redis, TIMEOUT).await;
+        let b = single(&redis, TIMEOUT).await;
+        assert_eq!(standing(&b, "fed").await, (KeyState::Ok, KeyState::Ok, 1));
+        let exists = command_calls(redis.port, "exists");
+
+        a.revoke("fed", "leaked").await.expect("revoke");
+        assert_eq!(
+            standing(&b, "fed").await,
+            (KeyState::Revoked, KeyState::Revoked, 0),
+            "the next pipeline after the revocation refuses the key"
+        );
+        a.restore("fed").await.expect("restore");
+        assert_eq!(standing(&b, "fed").await, (KeyState::Ok, KeyState::Ok, 1));
+        assert_eq!(command_calls(redis.port, "exists"), exists, "no guard key read per hit");
+
+        let clients: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+        let block = Distinct {
+            limit: 3,
+            window_ms: 600_000,
+            block: true,
+            cooldown_ms: 60_000,
+        };
+        let seen = Observe {
+            clients: &clients,
+            distinct: Some(block),
+        };
+        let blocked = a.apply("fed", rules()[0], 1, Mode::Check, seen).await.expect("apply");
+        assert_eq!(blocked.state, KeyState::Blocked);
+        let results = b.apply_many(&[call("fed", rules()[0], 1, Mode::Check)]).await;
+        let check = results[0].as_ref().expect("check");
+        assert_eq!((check.state, check.granted), (KeyState::Blocked, 0));
+        assert!(check.retry_after_ms > 50_000, "the block's time left: {check:?}");
+    });
+}
+
+/// A sidecar far behind catches up over several reads of the log; one whose log was
+/// trimmed past it, or whose Redis lost its data, loads everything again.
+#[test]
+fn redis_guard_feed_catches_up_and_reloads_when_entries_are_missing() {
+    let redis = RedisNode::start();
+    rt().block_on(async {
+        let a = single(&redis, TIMEOUT).await;
+        let b = single(&redis, TIMEOUT).await;
+        assert_eq!(standing(&b, "behind").await.0, KeyState::Ok);
+
+        // More changes than one read of the log returns.
+        let many = 2 * super::guards::CATCH_UP + 10;
+        for i in 0..many {
+            a.revoke(&format!("many-{i}"), "test").await.expect("revoke");
+        }
+        a.revoke("behind", "test").await.expect("revoke");
+        let (xrange, loads) = (
+            command_calls(redis.port, "xrange"),
+            command_calls(redis.port, "evalsha"),
+        );
+        assert_eq!(standing(&b, "behind").await.0, KeyState::Revoked);
+        assert_eq!(standing(&b, "many-0").await.0, KeyState::Revoked);
+        assert_eq!(command_calls(redis.port, "xrange") - xrange, 3, "three reads of 1,000");
+        assert_eq!(
+            command_calls(redis.port, "evalsha"),
+            loads,
+            "no load: the log had it all"
+        );
+
+        // The log trimmed past b: the entries after b's are gone.
+        a.restore("behind").await.expect("restore");
+        let trimmed = rampart_test_harness::redis::command(redis.port, "XTRIM rampart:v1:guards:log MAXLEN 0").unwrap();
+        assert!(trimmed.starts_with(':'), "{trimmed}");
+        a.revoke("after-trim", "test").await.expect("revoke");
+        assert_eq!(
+            standing(&b, "behind").await.0,
+            KeyState::Ok,
+            "the restore lost from the log"
+        );
+        assert_eq!(standing(&b, "after-trim").await.0, KeyState::Revoked);
+
+        // Redis lost everything: so do the guards.
+        let flushed = rampart_test_harness::redis::command(redis.port, "FLUSHALL").unwrap();
+        assert!(flushed.starts_with("+OK"), "{flushed}");
+        assert_eq!(standing(&b, "after-trim").await, (KeyState::Ok, KeyState::Ok, 1));
     });
 }
