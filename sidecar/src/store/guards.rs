@@ -8,11 +8,14 @@
 //! in a log, atomically (one script): `rampart:v1:guards:seq` counts the changes and the
 //! stream `rampart:v1:guards:log` holds the recent ones (seq, kind, key, until). Each
 //! sidecar keeps the guards in memory, as of a seq, and a pipeline reads just that one
-//! number (`GET`) in line with its counters: when it matches, the memory is exactly
-//! Redis's guards at the moment the counters were charged, as the per-hit read was;
-//! when it does not, the sidecar reads the entries since (`XRANGE`), or everything
-//! again (`LOAD`) when entries are missing (trimmed, or Redis restarted or failed over
-//! to a replica that lagged), before answering.
+//! number (`GET`) in line with its counters: when the memory is as of that seq, it
+//! holds exactly Redis's guards at the moment the counters were charged, as a per-hit
+//! read did (as of a later seq: the guards as they stand now, newer still); when it is
+//! behind, the sidecar reads the entries since (`XRANGE`), or everything again (`LOAD`)
+//! when entries are missing (trimmed, or Redis restarted or failed over to a replica
+//! that lagged: connection errors make the sidecar forget the feed), before answering.
+//! A seq that went back with no connection error (Redis flushed) is caught by the
+//! clock's sampling, every second.
 //!
 //! A Redis Cluster has no single place such a log could be written atomically with a
 //! block a script sets on another node, so there pipelines read each counter's guards
@@ -322,7 +325,9 @@ impl Feed {
         *self.lock() = None;
     }
 
-    /// Each key's standing at `now_us`, if the guards known are as of `seq`.
+    /// Each key's standing at `now_us`, if the guards known are as of `seq` or later
+    /// (a pipeline that read an older seq ran before the changes since: answering
+    /// with them is answering as they stand now).
     pub fn states<'a>(
         &self,
         seq: u64,
@@ -330,7 +335,7 @@ impl Feed {
         now_us: u64,
     ) -> Option<Vec<(KeyState, u64)>> {
         let known = self.lock();
-        let k = known.as_ref().filter(|k| k.seq == seq)?;
+        let k = known.as_ref().filter(|k| k.seq >= seq)?;
         if k.clear() {
             return Some(keys.map(|_| (KeyState::Ok, 0)).collect());
         }
@@ -418,7 +423,12 @@ mod tests {
         let mut k = Known::default();
         k.apply(&[entry(1, Kind::Revoked, "a", 0)]).expect("follows on");
         feed.set(k);
-        assert_eq!(feed.states(0, ["a"].into_iter(), 0), None, "older than known");
+        assert_eq!(feed.states(2, ["a"].into_iter(), 0), None, "newer than known");
+        assert_eq!(
+            feed.states(0, ["a"].into_iter(), 0),
+            Some(vec![(KeyState::Revoked, 0)]),
+            "a read older than known: as the guards stand now"
+        );
         assert_eq!(
             feed.states(1, ["a", "b"].into_iter(), 0),
             Some(vec![(KeyState::Revoked, 0), (KeyState::Ok, 0)])

@@ -275,7 +275,7 @@ pub struct RedisStore {
     /// (flagged likewise) on a Cluster.
     guards: String,
     /// The guards as this sidecar knows them (one Redis or Sentinel; not a Cluster).
-    feed: Option<Feed>,
+    feed: Option<Arc<Feed>>,
     timeout: Duration,
     clock: Arc<RedisClock>,
     expiries: Expiries,
@@ -346,8 +346,10 @@ pub fn script_state(code: i64) -> KeyState {
     }
 }
 
-/// Samples Redis's clock every `CLOCK_EVERY` while the store lives.
-async fn sample_clock(conn: Weak<Supervised>, clock: Arc<RedisClock>) {
+/// Samples Redis's clock every `CLOCK_EVERY` while the store lives, and checks that the
+/// guard feed's seq has not gone back (Redis flushed without a reconnection: the feed
+/// is loaded again; pipelines take a seq behind the one known for an older read).
+async fn sample_clock(conn: Weak<Supervised>, clock: Arc<RedisClock>, feed: Option<Arc<Feed>>) {
     let mut every = tokio::time::interval(CLOCK_EVERY);
     loop {
         every.tick().await;
@@ -361,6 +363,17 @@ async fn sample_clock(conn: Weak<Supervised>, clock: Arc<RedisClock>) {
         match answer {
             Ok(Ok((secs, micros))) => clock.observe(secs * 1_000_000 + micros, sent, Instant::now()),
             _ => clock.forget(),
+        }
+        let Some(feed) = &feed else { continue };
+        let known = feed.seq();
+        let seq = tokio::time::timeout(
+            CLOCK_EVERY,
+            redis::cmd("GET").arg(guards::SEQ).query_async::<Value>(&mut conn.conn()),
+        )
+        .await;
+        match (known, seq) {
+            (Some(known), Ok(Ok(seq))) if guards::seq_of(&seq).is_some_and(|s| s < known) => feed.forget(),
+            _ => {}
         }
     }
 }
@@ -381,10 +394,10 @@ impl RedisStore {
             Topology::Cluster => format!("#!lua flags=allow-cross-slot-keys\nlocal feed = false\n{lua}"),
             _ => format!("local feed = true\n{lua}"),
         };
-        let feed = (topology != Topology::Cluster).then(Feed::new);
+        let feed = (topology != Topology::Cluster).then(|| Arc::new(Feed::new()));
         let conn = Supervised::connect(target, timeout).await?;
         let clock = Arc::new(RedisClock::default());
-        tokio::spawn(sample_clock(Arc::downgrade(&conn), Arc::clone(&clock)));
+        tokio::spawn(sample_clock(Arc::downgrade(&conn), Arc::clone(&clock), feed.clone()));
         let store = RedisStore {
             conn,
             topology,
@@ -580,7 +593,7 @@ impl RedisStore {
     /// log trimmed past ours, Redis restarted or replaced: its seq went back).
     async fn catch_up(&self, feed: &Feed, seen: u64) -> Result<(), StoreError> {
         let _alone = feed.syncing.lock().await;
-        if feed.seq() == Some(seen) {
+        if feed.seq().is_some_and(|known| known >= seen) {
             return Ok(());
         }
         for _ in 0..guards::ROUNDS {

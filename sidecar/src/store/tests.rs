@@ -726,9 +726,19 @@ fn redis_guard_feed_catches_up_and_reloads_when_entries_are_missing() {
         );
         assert_eq!(standing(&b, "after-trim").await.0, KeyState::Revoked);
 
-        // Redis lost everything: so do the guards.
+        // Redis lost everything without dropping a connection: so do the guards, once
+        // the sidecar's next sample sees the seq went back (every second).
         let flushed = rampart_test_harness::redis::command(redis.port, "FLUSHALL").unwrap();
         assert!(flushed.starts_with("+OK"), "{flushed}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let learn = || async {
+            let peek = b.apply_many(&[call("after-trim", rules()[0], 0, Mode::Record)]).await;
+            peek[0].as_ref().expect("report of cost 0").state
+        };
+        while learn().await != KeyState::Ok {
+            assert!(std::time::Instant::now() < deadline, "still revoked 5 s after a flush");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(standing(&b, "after-trim").await, (KeyState::Ok, KeyState::Ok, 1));
     });
 }
