@@ -368,7 +368,9 @@ async fn sample_clock(conn: Weak<Supervised>, clock: Arc<RedisClock>, feed: Opti
         let known = feed.seq();
         let seq = tokio::time::timeout(
             CLOCK_EVERY,
-            redis::cmd("GET").arg(guards::SEQ).query_async::<Value>(&mut conn.conn()),
+            redis::cmd("GET")
+                .arg(guards::SEQ)
+                .query_async::<Value>(&mut conn.conn()),
         )
         .await;
         match (known, seq) {

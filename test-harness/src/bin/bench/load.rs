@@ -24,15 +24,27 @@ fn parse_ms(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|n| n * scale)
 }
 
+/// Runs of one connection (lone requests) per configuration; medians are reported.
+pub const LONE_ROUNDS: usize = 5;
+
 pub fn wrk(port: u16, seconds: u64, connections: u64) -> Sample {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ])
-        .args(["-H", "x-api-key: bench-key"])
+    wrk_run(port, seconds, connections, None)
+}
+
+/// The same, with the requests a wrk Lua `script` makes (the sidecar's own API).
+pub fn wrk_run(port: u16, seconds: u64, connections: u64, script: Option<&std::path::Path>) -> Sample {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ])
+    .args(["-H", "x-api-key: bench-key"]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    let out = cmd
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run wrk (make bench installs it): {e}"));

@@ -32,8 +32,8 @@ use rampart_test_harness::sidecar::Sidecar;
 use serde_json::json;
 
 use engines::engines;
-use load::{median, medians, paced, wrk, Sample};
-use sidecar::sidecar_alone;
+use load::{median, medians, paced, wrk, Sample, LONE_ROUNDS};
+use sidecar::{lone_checks, sidecar_alone};
 
 /// Which sidecar a scenario's cluster layers call.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -262,6 +262,9 @@ fn main() {
         sync_latency(&envoys, &med, sync, seconds);
         let reference = scenarios.iter().position(|s| s.name == "trivial + sidecar call");
         lone_requests(&envoys, &scenarios, sync, reference, seconds);
+        let mut sidecars = vec![("this build", sidecar.port)];
+        sidecars.extend(baseline.as_ref().map(|b| ("baseline sidecar", b.port)));
+        lone_checks(&sidecars, seconds);
     }
     if !quick && std::env::var("BENCH_ONLY").is_err() {
         chart.extend(sidecar_alone(&redis, &sidecar, seconds));
@@ -325,18 +328,18 @@ fn draw_chart(bars: &[(String, f64)], rounds: u64, seconds: u64) {
 
 /// One request at a time (wrk -c1): what a lone sync request pays when there is nothing
 /// to batch, against no filter and against the least a filter making one sidecar call
-/// can do. Alternated, medians of three runs.
+/// can do. Alternated, medians of `LONE_ROUNDS` runs.
 fn lone_requests(envoys: &[Envoy], scenarios: &[Scenario], sync: usize, reference: Option<usize>, seconds: u64) {
     let mut runs: Vec<usize> = vec![0, sync];
     runs.extend(scenarios.iter().position(|s| s.sidecar == Via::Baseline));
     runs.extend(reference);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); runs.len()];
-    for _ in 0..3 {
+    for _ in 0..LONE_ROUNDS {
         for (k, &i) in runs.iter().enumerate() {
             samples[k].push(wrk(envoys[i].port, seconds, 1));
         }
     }
-    println!("\none connection (wrk -c1, medians of 3):");
+    println!("\none connection (wrk -c1, medians of {LONE_ROUNDS}):");
     let med = medians(&samples);
     for (
         &i,

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rampart_test_harness::process::TempDir;
+
+use crate::load::{medians, wrk_run, Sample, LONE_ROUNDS};
 use rampart_test_harness::redis::{RedisCluster, RedisNode};
 use rampart_test_harness::sidecar::Sidecar;
 
@@ -153,6 +155,39 @@ const DISTINCT_CHECK: Load = Load {
     cost: 1,
     batched: true,
 };
+
+/// A lone request's check: one hit on one counter.
+const LONE_CHECK: Load = Load {
+    name: "check 1 hit one connection",
+    path: "/v1/check",
+    hits: 1,
+    keys: Some(1),
+    cost: 1,
+    batched: false,
+};
+
+/// One `/v1/check` at a time straight to each sidecar (`(name, port)`): the sidecar's
+/// own share of a lone sync request's time. Alternated, medians of `LONE_ROUNDS` runs.
+pub fn lone_checks(sidecars: &[(&str, u16)], seconds: u64) {
+    let dir = TempDir::new("bench-lone");
+    let script = LONE_CHECK.script(&dir.0);
+    for (_, port) in sidecars {
+        wrk_run(*port, 1, 1, Some(&script)); // warm-up
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); sidecars.len()];
+    for _ in 0..LONE_ROUNDS {
+        for (k, (_, port)) in sidecars.iter().enumerate() {
+            samples[k].push(wrk_run(*port, seconds, 1, Some(&script)));
+        }
+    }
+    println!("\nsidecar alone, one connection (/v1/check of one hit, wrk -c1, medians of {LONE_ROUNDS}):");
+    for ((name, _), m) in sidecars.iter().zip(medians(&samples)) {
+        println!(
+            "  {name:<28} {:>10.0} checks/s  p50 {:.3} ms  p99 {:.3} ms",
+            m.rps, m.p50_ms, m.p99_ms
+        );
+    }
+}
 
 /// CPU seconds a Redis has used so far (user + system, from `INFO cpu`).
 fn redis_cpu(port: u16) -> f64 {
