@@ -30,8 +30,11 @@ impl Load {
     fn script(&self, dir: &Path) -> PathBuf {
         let p = dir.join(format!("{}.lua", self.name.replace(' ', "_")));
         let cost = self.cost;
+        // Each load names its counters apart (the initials of its name), so no load
+        // finds counters an earlier one made: distinct counters are fresh.
+        let tag: String = self.name.split_whitespace().filter_map(|w| w.chars().next()).collect();
         let one = |h: usize| {
-            format!("{{\\\"key\\\":\\\"k%d-{h}\\\",\\\"algorithm\\\":\\\"fixed_window\\\",\\\"limit\\\":1000000000,\\\"window_ms\\\":60000,\\\"cost\\\":{cost}}}")
+            format!("{{\\\"key\\\":\\\"{tag}%d-{h}\\\",\\\"algorithm\\\":\\\"fixed_window\\\",\\\"limit\\\":1000000000,\\\"window_ms\\\":60000,\\\"cost\\\":{cost}}}")
         };
         let body = if self.batched {
             let requests: Vec<String> = (0..self.hits)
