@@ -5,6 +5,9 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+/// Where the ratio axis ends.
+const AXIS_MAX: f64 = 2.5;
+
 /// Draws `bars` (label, ratio) into `path`; the error says what failed.
 pub fn draw(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), String> {
     if bars.is_empty() {
@@ -13,7 +16,9 @@ pub fn draw(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), Stri
     let height = 80 + 34 * bars.len() as u32;
     let root = SVGBackend::new(path, (980, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let top = bars.iter().map(|(_, r)| *r).fold(1.0f64, f64::max) * 1.15;
+    // The axis stops at AXIS_MAX: one far-off bar (hot counters run at 10x and more)
+    // would squeeze every other to a sliver. Longer bars are cut, their value written in.
+    let top = bars.iter().map(|(_, r)| *r).fold(1.0f64, f64::max).min(AXIS_MAX) * 1.15;
     let n = bars.len() as u32;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
@@ -42,7 +47,7 @@ pub fn draw(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), Stri
             let i = n - 1 - k as u32;
             let color = if *r >= 1.0 { GREEN.mix(0.6) } else { BLUE.mix(0.5) };
             Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (*r, SegmentValue::Exact(i + 1))],
+                [(0.0, SegmentValue::Exact(i)), (r.min(top), SegmentValue::Exact(i + 1))],
                 color.filled(),
             )
         }))
@@ -50,11 +55,11 @@ pub fn draw(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(), Stri
     chart
         .draw_series(bars.iter().enumerate().map(|(k, (_, r))| {
             let i = n - 1 - k as u32;
-            Text::new(
-                format!("{r:.2}x"),
-                (*r + top * 0.01, SegmentValue::CenterOf(i)),
-                ("sans-serif", 13),
-            )
+            let (label, x) = match *r > top {
+                true => (format!("{r:.2}x (cut)"), top * 0.85),
+                false => (format!("{r:.2}x"), *r + top * 0.01),
+            };
+            Text::new(label, (x, SegmentValue::CenterOf(i)), ("sans-serif", 13))
         }))
         .map_err(|e| e.to_string())?;
     // The reference line.
