@@ -14,6 +14,7 @@
 //!   first rejection skips the rest, so a rejected request eats no later quota.
 
 use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,9 @@ use crate::store::{Applied, Call, KeyState, Mode, Observe, Store, StoreError};
 const SLOW_BATCH: Duration = Duration::from_millis(10);
 /// Most jobs one batch drains from the queue.
 pub const MAX_BATCH: usize = 4096;
-/// Jobs queued before new ones are refused (back-pressure instead of unbounded memory;
-/// a job's hits are bounded by the largest body, `MAX_BODY_BYTES`).
-pub const MAX_QUEUE: usize = 16_384;
+/// Hits queued (not yet in a batch) before new ones are refused: back-pressure instead
+/// of unbounded memory.
+pub const MAX_QUEUE: usize = 65_536;
 /// Batches whose store calls may be in flight at once.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most counters remembered as over their limit.
@@ -57,6 +58,8 @@ struct Closed {
 
 pub struct Engine {
     queue: mpsc::Sender<Job>,
+    /// Hits in the queue (a job holds one or many).
+    queued: Arc<AtomicUsize>,
     closed: Mutex<BoundedMap<Closed>>,
     pub health: Arc<Health>,
 }
@@ -65,7 +68,8 @@ impl Engine {
     pub fn start(store: Arc<Store>) -> Arc<Engine> {
         let (tx, rx) = mpsc::channel(MAX_QUEUE);
         let health = Arc::new(Health::default());
-        tokio::spawn(run(store, rx, Arc::clone(&health)));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(store, rx, Arc::clone(&health), Arc::clone(&queued)));
         let watched = Arc::clone(&health);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(250));
@@ -76,6 +80,7 @@ impl Engine {
         });
         Arc::new(Engine {
             queue: tx,
+            queued,
             closed: Mutex::new(BoundedMap::new(MAX_CACHED)),
             health,
         })
@@ -84,13 +89,19 @@ impl Engine {
     /// Queues `hits` as one job; what each got, in order.
     async fn submit(&self, hits: Vec<Hit>, mode: Mode) -> Result<Answers, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.queue.try_send(Job { hits, mode, reply }).map_err(|_| {
-            self.health.refused();
+        let count = hits.len();
+        let full = || {
+            self.queued.fetch_sub(count, Relaxed);
+            self.health.refused(count as u64);
             StoreError {
                 transient: true,
                 message: "sidecar queue full".into(),
             }
-        })?;
+        };
+        if self.queued.fetch_add(count, Relaxed) + count > MAX_QUEUE {
+            return Err(full());
+        }
+        self.queue.try_send(Job { hits, mode, reply }).map_err(|_| full())?;
         rx.await.map_err(|_| StoreError {
             transient: true,
             message: "sidecar worker stopped".into(),
@@ -243,7 +254,7 @@ fn note(state: KeyState) {
 }
 
 /// The single worker: drain, merge by counter, apply concurrently, hand out results.
-async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>) {
+async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>, queued: Arc<AtomicUsize>) {
     // A few batches may be in flight at once: a new batch need not wait for the last
     // one's Redis round trip (that wait is latency every sync request would pay), yet
     // hits arriving meanwhile still pile up into the next batch and coalesce.
@@ -254,6 +265,7 @@ async fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, health: Arc<Health>
             return;
         };
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        queued.fetch_sub(jobs.iter().map(|j| j.hits.len()).sum(), Relaxed);
         let store = Arc::clone(&store);
         let health = Arc::clone(&health);
         tokio::spawn(async move {

@@ -91,10 +91,10 @@ impl Health {
         !self.failing.load(Relaxed)
     }
 
-    /// A hit refused because the queue is full.
-    pub fn refused(&self) {
-        METRICS.refused.inc();
-        let n = self.refused.fetch_add(1, Relaxed) + 1;
+    /// `hits` refused because the queue is full.
+    pub fn refused(&self, hits: u64) {
+        METRICS.refused.inc_by(hits);
+        let n = self.refused.fetch_add(hits, Relaxed) + hits;
         let mut last = self.refused_logged.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= BACKPRESSURE_EVERY) {
             *last = Some(Instant::now());
