@@ -20,7 +20,10 @@
 //! - `rampart:v1:blocked:{<key>}` block for too many clients (TTL: the cooldown)
 //! - `rampart:v1:flagged:{<key>}` flag for too many clients (TTL: the window)
 //! - `rampart:v1:clients:{<key>}` HyperLogLog of client hashes (TTL: the window)
-//! - `rampart:v1:index:<revoked|blocked|flagged>` sets of keys, for listing only.
+//! - `rampart:v1:index:<revoked|blocked|flagged>` sets of keys, for listing (and
+//!   loading the guard feed)
+//! - `rampart:v1:guards:seq`, `rampart:v1:guards:log`: the guard feed (`guards`; one
+//!   Redis or Sentinel): a count of guard changes and the stream of the recent ones.
 //!
 //! Concurrency: one multiplexed connection (per node, in Cluster) carries every command;
 //! the sidecar issues a batch's calls concurrently, which the connection pipelines.
@@ -636,6 +639,15 @@ impl RedisStore {
         self.load_guards(feed).await
     }
 
+    /// Changes a guard and logs it in the feed, in one script (`guards::write_lua`).
+    async fn logged(&self, feed: &Feed, args: &[&str]) -> Result<(), StoreError> {
+        let mut write = feed.write.prepare_invoke();
+        write.arg(args);
+        self.round_trip(write.invoke_async::<i64>(&mut self.conn.conn()))
+            .await
+            .map(|_| ())
+    }
+
     /// Loads every guard into the feed, as of Redis's seq now.
     async fn load_guards(&self, feed: &Feed) -> Result<(), StoreError> {
         let loaded = self
@@ -781,12 +793,7 @@ impl RedisStore {
 
     pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
         if let Some(feed) = &self.feed {
-            let mut write = feed.write.prepare_invoke();
-            write.arg("revoke").arg(key).arg(reason);
-            return self
-                .round_trip(write.invoke_async::<i64>(&mut self.conn.conn()))
-                .await
-                .map(|_| ());
+            return self.logged(feed, &["revoke", key, reason]).await;
         }
         self.query::<()>(redis::cmd("SET").arg(layout::guard_key("revoked", key)).arg(reason))
             .await?;
@@ -797,12 +804,7 @@ impl RedisStore {
 
     pub async fn restore(&self, key: &str) -> Result<(), StoreError> {
         if let Some(feed) = &self.feed {
-            let mut write = feed.write.prepare_invoke();
-            write.arg("restore").arg(key);
-            return self
-                .round_trip(write.invoke_async::<i64>(&mut self.conn.conn()))
-                .await
-                .map(|_| ());
+            return self.logged(feed, &["restore", key]).await;
         }
         let mut del = redis::cmd("DEL");
         for kind in ["revoked", "blocked", "flagged", "clients"] {
