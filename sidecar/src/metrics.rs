@@ -34,6 +34,10 @@ pub struct Metrics {
     /// Counter updates sent to Redis as plain pipelined commands, and through the script.
     pub redis_pipelined: IntCounter,
     pub redis_scripted: IntCounter,
+    /// How this sidecar learned of guard changes (one Redis, Sentinel): log entries read,
+    /// and loads of every guard (at start, after connection errors, entries missing).
+    pub guard_entries: IntCounter,
+    pub guard_loads: IntCounter,
     store_info: IntGaugeVec,
     pub redis_latency: Histogram,
 }
@@ -185,6 +189,16 @@ impl Metrics {
             store_up,
             redis_pipelined: redis_counters.with_label_values(&["pipeline"]),
             redis_scripted: redis_counters.with_label_values(&["script"]),
+            guard_entries: counter(
+                &r,
+                "rampart_sidecar_guard_feed_entries_total",
+                "Revocations, restores and blocks this sidecar read from the guard feed (one Redis, Sentinel).",
+            ),
+            guard_loads: counter(
+                &r,
+                "rampart_sidecar_guard_feed_loads_total",
+                "Times this sidecar loaded every guard: at start, after connection errors, or when the feed lacked entries.",
+            ),
             store_info,
             redis_latency,
             registry: r,
@@ -224,6 +238,9 @@ mod tests {
             "rampart_sidecar_topology_refreshes_total 0",
             "rampart_sidecar_redis_counters_total{path=\"pipeline\"} 0",
             "rampart_sidecar_redis_counters_total{path=\"script\"} 0",
+            // Other tests of this binary load feeds: the families, not their values.
+            "# TYPE rampart_sidecar_guard_feed_entries_total counter",
+            "# TYPE rampart_sidecar_guard_feed_loads_total counter",
             "rampart_sidecar_info{store=\"memory\"} 1",
             "rampart_sidecar_store_up 1",
             "rampart_sidecar_redis_seconds_bucket{le=\"0.0025\"} 1",

@@ -629,6 +629,7 @@ impl RedisStore {
             if applied != Some(Ok(())) {
                 break;
             }
+            METRICS.guard_entries.inc_by(entries.len() as u64);
             if feed.seq() >= Some(current) {
                 return Ok(());
             }
@@ -655,6 +656,7 @@ impl RedisStore {
             .await?;
         let known = Known::loaded(&loaded).ok_or_else(|| malformed(&format!("guard load {loaded:?}")))?;
         feed.set(known);
+        METRICS.guard_loads.inc();
         Ok(())
     }
 
