@@ -64,10 +64,17 @@ fn clients_within_their_limits_are_not_refused_until_the_table_is_nearly_full() 
             if let Some(r) = replaced {
                 assert!(r / f64::from(clients) <= bound, "{r} entries replaced at {load} load");
             }
-            // And the counters are real: each client is at its limit now.
+            // And the counters are real: each client is at its limit now, but for a
+            // client whose entry was replaced (forgiven, as *Memory* in the README says;
+            // at most the bound above, and exactly as many as counted where the host
+            // has metrics).
             let sample = (0..clients).step_by(37);
             let open = sample.filter(|&i| status(&mut c, &ip(i)) == 200).count();
-            assert_eq!(open, 0, "clients admitted past their limit");
+            let forgiven = replaced.unwrap_or(f64::from(clients) * bound).ceil() as usize;
+            assert!(
+                open <= forgiven,
+                "{open} sampled clients admitted past their limit, {forgiven} entries replaced"
+            );
         }
     });
 }
