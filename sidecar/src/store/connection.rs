@@ -169,7 +169,8 @@ async fn ask(url: &str, cmd: &redis::Cmd, t: Duration) -> Result<Value, StoreErr
     within(t, cmd.query_async::<Value>(&mut c)).await
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A reply as text (bulk, simple or a number), for parsing Redis's answers.
+pub(super) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -483,15 +484,6 @@ fn changed_owners(before: &SlotOwners, after: &SlotOwners) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn slots_are_redis_clusters() {
-        // CLUSTER KEYSLOT's answers (Redis 7.0).
-        assert_eq!(slot_of("123456789"), 12739);
-        assert_eq!(slot_of("foo"), 12182);
-        assert_eq!(slot_of("bar"), 5061);
-        assert_eq!(slot_of(""), 0);
-    }
-
     fn node(host: &str, port: i64) -> Value {
         Value::Array(vec![
             Value::BulkString(host.as_bytes().to_vec()),
@@ -530,8 +522,11 @@ mod tests {
     fn slots_are_redis_cluster_slots() {
         // `CLUSTER KEYSLOT` on Redis 7.0.
         assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("bar"), 5061);
         assert_eq!(slot_of("a"), 15495);
         assert_eq!(slot_of("b"), 3300);
+        assert_eq!(slot_of("123456789"), 12739);
+        assert_eq!(slot_of(""), 0);
         assert_eq!(crc16(b"123456789"), 0x31C3);
     }
 

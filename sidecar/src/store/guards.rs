@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use redis::Value;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::connection::text;
 use super::KeyState;
 
 /// The change counter and the log (seq, kind, key, until µs).
@@ -263,15 +264,6 @@ pub fn seq_of(v: &Value) -> Option<u64> {
     match v {
         Value::Nil => Some(0),
         other => number(other),
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 

@@ -271,7 +271,7 @@ pub fn scripted_states(answer: &Value, n: usize) -> Option<Vec<(KeyState, u64)>>
 }
 
 /// The guard script call for `chunk` (ARGV: the counters' names).
-pub fn guard_script(calls: &[Call<'_>], chunk: &[usize], guards: &str) -> redis::Cmd {
+fn guard_script(calls: &[Call<'_>], chunk: &[usize], guards: &str) -> redis::Cmd {
     let mut check = redis::cmd("EVAL");
     check.arg(guards).arg(0);
     for &i in chunk {
