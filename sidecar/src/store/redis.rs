@@ -5,11 +5,12 @@
 //! charge (token buckets, distinct clients) goes through one Lua script per batch
 //! (`BATCH`): atomically per counter, under Redis's own `TIME`. Either way every sidecar
 //! sharing a Redis uses one clock for window maths whatever the skew between their
-//! hosts. Lua instead of MULTI because each decision reads before it writes. On Redis Cluster a script may only touch keys of
-//! the node it runs on, so a batch is split by the node owning each counter's slot
-//! (from the slot map the connection follows); a counter whose slot moved meanwhile
-//! answers "non local key" (or MOVED, in a pipeline) and is retried alone, routed by
-//! its own key. Scripts run with EVALSHA (loaded on first NOSCRIPT).
+//! hosts. Lua instead of MULTI because each decision reads before it writes. On Redis
+//! Cluster a script may only touch keys of the node it runs on, so a batch is split by
+//! the node owning each counter's slot (from the slot map the connection follows); a
+//! counter whose slot moved meanwhile answers "non local key" (or MOVED, in a
+//! pipeline) and is retried alone, routed by its own key. Scripts run with EVALSHA
+//! (loaded on first NOSCRIPT).
 //!
 //! Key layout: `layout` (window hashes shared by the counters of a slot) and, under
 //! each counter's own hash tag `{<key>}` (`<key>` is the filter's keyed hash: API keys
@@ -51,23 +52,23 @@ use crate::metrics::METRICS;
 /// Every counter update the sidecar does not send as plain commands (and all of them
 /// until Redis's clock is known): one script call charges a batch of counters, each
 /// checked for revocation and blocks, charged with its own algorithm, and its distinct
-/// clients counted, under one `TIME` (Redis's clock for all sidecars). Each counter runs under `pcall`: one that fails (a key of the wrong
-/// type, or one another Cluster node owns) answers its own error and its neighbours go
-/// on.
+/// clients counted, under one `TIME` (Redis's clock for all sidecars). Each counter
+/// runs under `pcall`: one that fails (a key of the wrong type, or one another Cluster
+/// node owns) answers its own error and its neighbours go on.
 ///
 /// Redis calls made from Lua cost about a microsecond each, far more than the Lua around
 /// them, so the script makes as few as it can: one `EXISTS` for every guard of the
 /// batch (on a Cluster node, one per counter); a window count is one `HINCRBY` on its
 /// window hash (`layout`), plus that hash's `PEXPIRE NX` when the sidecar has not sent
-/// it yet (or named another window than Redis's clock does). A check that does not fit takes back what it added;
-/// sliding windows also read the previous window (`HGET`).
+/// it yet (or named another window than Redis's clock does). A check that does not fit
+/// takes back what it added; sliding windows also read the previous window (`HGET`).
 ///
 /// Keys are built in the script, not declared: on Redis Cluster the script carries
 /// `allow-cross-slot-keys` and is sent to the node that owns every counter of the batch
 /// (KEYS[1], the first counter, routes it); declared keys would have to share one slot.
 ///
-/// On one Redis (`feed`, set ahead of the script) a block is logged in the guard feed
-/// (`guards`) with the block itself.
+/// On one Redis (`feed`, a line set ahead of the script) a block is logged in the guard
+/// feed (`guards`) with the block itself.
 ///
 /// ARGV: the number of counters, the sidecar's estimate of Redis's time (µs; 0 when it
 /// has none), then for each counter: its name, its key (window hashes' prefix, or the
@@ -269,16 +270,29 @@ impl Topology {
     }
 }
 
+/// How pipelines learn their counters' guards.
+enum Guards {
+    /// One Redis or Sentinel: the feed, the guards as this sidecar knows them.
+    Feed(Arc<Feed>),
+    /// A Cluster: the guard script (`pipelined::GUARDS`, flagged for the Cluster).
+    Script(String),
+}
+
+impl Guards {
+    fn feed(&self) -> Option<&Arc<Feed>> {
+        match self {
+            Guards::Feed(feed) => Some(feed),
+            Guards::Script(_) => None,
+        }
+    }
+}
+
 pub struct RedisStore {
     conn: Arc<Supervised>,
     topology: Topology,
     /// The batch script; on Cluster with `allow-cross-slot-keys` (Redis 7.0 and later).
     script: Script,
-    /// How pipelines read guards: the feed's seq on one Redis, the guard script
-    /// (flagged likewise) on a Cluster.
-    guards: String,
-    /// The guards as this sidecar knows them (one Redis or Sentinel; not a Cluster).
-    feed: Option<Arc<Feed>>,
+    guards: Guards,
     timeout: Duration,
     clock: Arc<RedisClock>,
     expiries: Expiries,
@@ -395,27 +409,32 @@ impl RedisStore {
     /// nothing answers.
     pub async fn connect(target: Target, timeout: Duration) -> Result<RedisStore, StoreError> {
         let topology = Topology::of(&target);
-        let flagged = |lua: &str| match topology {
-            Topology::Cluster => format!("#!lua flags=allow-cross-slot-keys\nlocal feed = false\n{lua}"),
-            _ => format!("local feed = true\n{lua}"),
+        let cluster = topology == Topology::Cluster;
+        let flagged = |lua: &str| match cluster {
+            true => format!("#!lua flags=allow-cross-slot-keys\n{lua}"),
+            false => lua.to_string(),
         };
-        let feed = (topology != Topology::Cluster).then(|| Arc::new(Feed::new()));
+        let batch = format!("local feed = {}\n{}{BATCH}", !cluster, guards::log_lua());
+        let guards = match cluster {
+            true => Guards::Script(flagged(pipelined::GUARDS)),
+            false => Guards::Feed(Arc::new(Feed::new())),
+        };
         let conn = Supervised::connect(target, timeout).await?;
         let clock = Arc::new(RedisClock::default());
-        tokio::spawn(sample_clock(Arc::downgrade(&conn), Arc::clone(&clock), feed.clone()));
+        let feed = guards.feed().cloned();
+        tokio::spawn(sample_clock(Arc::downgrade(&conn), Arc::clone(&clock), feed));
         let store = RedisStore {
             conn,
             topology,
-            script: Script::new(&flagged(&(guards::log_lua() + BATCH))),
-            guards: flagged(pipelined::GUARDS),
-            feed,
+            script: Script::new(&flagged(&batch)),
+            guards,
             timeout,
             clock,
             expiries: Expiries::default(),
         };
         // Now rather than on the first hit (which would wait for it); a failure here is
         // retried by the first pipeline.
-        if let Some(feed) = &store.feed {
+        if let Some(feed) = store.guards.feed() {
             let _ = store.load_guards(feed).await;
         }
         Ok(store)
@@ -442,7 +461,7 @@ impl RedisStore {
         if e.transient {
             self.conn.nudge();
             self.expiries.forget();
-            if let Some(feed) = &self.feed {
+            if let Some(feed) = self.guards.feed() {
                 feed.forget();
             }
             // Redis may come back as another host, with another clock: windows are
@@ -552,16 +571,16 @@ impl RedisStore {
     async fn file(&self, calls: &[Call<'_>], chunk: &[usize], now_us: u64) -> Result<Vec<Filed>, StoreError> {
         // On a Cluster, to the master of the first counter's slot: the node of them all.
         let slot = chunk.first().map_or(0, |&i| slot_of(calls[i].key));
-        let read = match self.feed {
-            Some(_) => GuardRead::Seq,
-            None => GuardRead::Script(&self.guards),
+        let read = match &self.guards {
+            Guards::Feed(_) => GuardRead::Seq,
+            Guards::Script(lua) => GuardRead::Script(lua),
         };
         let (pipe, plan) = Plan::new(calls, chunk, now_us, read, &self.expiries);
         let replies = self.send(pipe, plan.commands(), slot).await?;
         let first = replies.first().unwrap_or(&Value::Nil);
-        let states = match &self.feed {
-            Some(feed) => self.fed_states(feed, first, calls, chunk, now_us).await,
-            None => pipelined::scripted_states(first, chunk.len()),
+        let states = match &self.guards {
+            Guards::Feed(feed) => self.fed_states(feed, first, calls, chunk, now_us).await,
+            Guards::Script(_) => pipelined::scripted_states(first, chunk.len()),
         };
         let (filed, back) = plan.read(calls, &replies, states, &self.expiries);
         if !back.is_empty() {
@@ -794,7 +813,7 @@ impl RedisStore {
     }
 
     pub async fn revoke(&self, key: &str, reason: &str) -> Result<(), StoreError> {
-        if let Some(feed) = &self.feed {
+        if let Some(feed) = self.guards.feed() {
             return self.logged(feed, &["revoke", key, reason]).await;
         }
         self.query::<()>(redis::cmd("SET").arg(layout::guard_key("revoked", key)).arg(reason))
@@ -805,7 +824,7 @@ impl RedisStore {
     }
 
     pub async fn restore(&self, key: &str) -> Result<(), StoreError> {
-        if let Some(feed) = &self.feed {
+        if let Some(feed) = self.guards.feed() {
             return self.logged(feed, &["restore", key]).await;
         }
         let mut del = redis::cmd("DEL");
