@@ -513,34 +513,40 @@ fn redis_one_bad_counter_does_not_fail_its_neighbours() {
     });
 }
 
-/// 120 checks and reports over many slots: one pipeline per master (one guard read
-/// each: `guard_read`, the guard feed's seq on one Redis, the guard script on a
-/// Cluster), no script call; their window hashes expire.
+/// 120 checks and reports over many slots, three times: one pipeline per master (one
+/// guard read each: `guard_read`, the guard feed's seq on one Redis, the guard script on
+/// a Cluster), no script call; their window hashes expire.
 async fn window_counters_pipeline_per_node(store: &Store, ports: &[u16], guard_read: &str) {
-    let names: Vec<String> = (0..120).map(|i| format!("piped-{i}")).collect();
     let rule = rules()[0];
-    let calls: Vec<Call<'_>> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| call(n, rule, 1, if i % 2 == 0 { Mode::Record } else { Mode::Check }))
-        .collect();
     let count = |command: &str| -> u64 { ports.iter().map(|p| command_calls(*p, command)).sum() };
-    let before = (count("evalsha"), count(guard_read), count("hincrby"));
-    let results = store.apply_many(&calls).await;
-    let after = (count("evalsha"), count(guard_read), count("hincrby"));
-    assert!(
-        results.iter().all(|r| r.as_ref().is_ok_and(|a| a.granted == 1)),
-        "{results:?}"
-    );
-    assert_eq!(after.0 - before.0, 0, "no batch script for window counters");
+    // The clock's sampler reads the feed's seq too (`GET`, once a second): a try it
+    // falls into counts one read more, so the fewest reads over three tries is taken.
+    let mut guard_reads = Vec::new();
+    for attempt in 0..3 {
+        let names: Vec<String> = (0..120).map(|i| format!("piped-{attempt}-{i}")).collect();
+        let calls: Vec<Call<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| call(n, rule, 1, if i % 2 == 0 { Mode::Record } else { Mode::Check }))
+            .collect();
+        let before = (count("evalsha"), count(guard_read), count("hincrby"));
+        let results = store.apply_many(&calls).await;
+        let after = (count("evalsha"), count(guard_read), count("hincrby"));
+        assert!(
+            results.iter().all(|r| r.as_ref().is_ok_and(|a| a.granted == 1)),
+            "{results:?}"
+        );
+        assert_eq!(after.0 - before.0, 0, "no batch script for window counters");
+        assert_eq!(after.2 - before.2, 120, "one HINCRBY per counter");
+        guard_reads.push(after.1 - before.1);
+    }
     assert_eq!(
-        after.1 - before.1,
-        ports.len() as u64,
-        "one guard read ({guard_read}) per node"
+        guard_reads.iter().min(),
+        Some(&(ports.len() as u64)),
+        "one guard read ({guard_read}) per node: {guard_reads:?}"
     );
-    assert_eq!(after.2 - before.2, 120, "one HINCRBY per counter");
     let hashes: usize = ports.iter().map(|p| every_key_expires(*p, "rampart:v3:*")).sum();
-    assert!(hashes >= 60, "{hashes} window hashes for 120 counters");
+    assert!(hashes >= 180, "{hashes} window hashes for 360 counters");
 }
 
 #[test]
